@@ -27,8 +27,8 @@ def test_three_sources_to_batches(tok, tmp_path, monkeypatch):
     easy = load_easy_vqa('test')
     assert len(easy) == 9673 and {r.family for r in easy} == {'shape', 'color', 'yes/no'}
     check_batch(batch_of(easy, tok), tok, 4)
-    shapes, labels = load_shapes('test', n=40)
-    assert len(shapes) == 200 and labels['count'].shape == (40,)
+    shapes, labels, images = load_shapes('test', n=40)
+    assert len(shapes) == 200 and labels['count'].shape == (40,) and images.shape == (40, 64, 64, 3)
     assert {r.kind for r in shapes if r.family in ('texture', 'marker')} == {'local'}
     check_batch(batch_of(shapes, tok), tok, 4)
     save_llava_json(shapes[:10], tmp_path / 'd.json', tmp_path / 'img')
@@ -40,9 +40,9 @@ def test_three_sources_to_batches(tok, tmp_path, monkeypatch):
 
 def test_shapes_deterministic_and_seeded(tmp_path, monkeypatch):
     monkeypatch.setenv('CLI_REF_DATA', str(tmp_path))
-    a, _ = load_shapes('train', n=20, cache=False)
-    b, _ = load_shapes('train', n=20, cache=False)
-    c, _ = load_shapes('test', n=20, cache=False)
+    a, _, _ = load_shapes('train', n=20, cache=False)
+    b, _, _ = load_shapes('train', n=20, cache=False)
+    c, _, _ = load_shapes('test', n=20, cache=False)
     assert all(np.array_equal(x.image, y.image) and x.turns == y.turns for x, y in zip(a, b))
     assert not np.array_equal(a[0].image, c[0].image)
 
