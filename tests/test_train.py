@@ -1,0 +1,71 @@
+"End-to-end training: a run killed with SIGKILL resumes to the same weights; DDP matches one process; bad input."
+import json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cli_ref.train import TrainConfig, TrainingError, latest_checkpoint, train
+
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+CLI = shutil.which('cli_ref')  # the console script `pip install -e .` put on PATH
+TRAIN = [CLI, 'train', '--batch-size', '8', '--eval-limit', '16', '--quiet', '--dtype', 'fp32']
+
+def run(args, **kw):
+    return subprocess.run(TRAIN + args, env=ENV, capture_output=True, text=True, **kw)
+
+def weights(out):
+    return load_file(latest_checkpoint(Path(out)) / 'model.safetensors')
+
+def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
+    full, cut = tmp_path / 'full', tmp_path / 'cut'
+    assert run(['--steps', '24', '--ckpt-every', '8', '--output', str(full)]).returncode == 0
+    # the same run, killed with SIGKILL once its first checkpoint exists, then resumed
+    p = subprocess.Popen(TRAIN + ['--steps', '24', '--ckpt-every', '8', '--output', str(cut)], env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while latest_checkpoint(cut) is None and time.time() - t0 < 300: time.sleep(0.05)
+    p.send_signal(signal.SIGKILL); p.wait()
+    killed_at = latest_checkpoint(cut)
+    assert killed_at is not None and killed_at.name < 'ckpt-000024', killed_at
+    r = run(['--steps', '24', '--ckpt-every', '8', '--output', str(cut), '--resume'])
+    assert r.returncode == 0, r.stderr
+    a, b = weights(full), weights(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logged = [json.loads(l)['step'] for l in (cut / 'log.jsonl').read_text().splitlines()]
+    assert logged == sorted(set(logged))  # resuming rewrote nothing twice
+
+def test_ddp_two_processes_match_one(tmp_path):
+    args = ['--steps', '3', '--batch-size', '8', '--eval-limit', '8', '--quiet', '--dtype', 'fp32']
+    one = subprocess.run([CLI, 'train', *args, '--output', str(tmp_path / 'one')],
+                         env=ENV, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29533',
+                          '--no-python', CLI, 'train', *args, '--device', 'cpu', '--output', str(tmp_path / 'two')],
+                         env=ENV, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert 'test accuracy:' in two.stdout
+    l1 = [json.loads(l)['loss'] for l in (tmp_path / 'one/log.jsonl').read_text().splitlines()]
+    l2 = [json.loads(l)['loss'] for l in (tmp_path / 'two/log.jsonl').read_text().splitlines()]
+    assert len(l1) == len(l2) == 1 and abs(l1[0] - l2[0]) < 1e-4, (l1, l2)
+    a, b = weights(tmp_path / 'one'), weights(tmp_path / 'two')
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = TrainConfig(instruct_steps=6, batch_size=4, ckpt_every=2, log_every=1, lr=1e30, new_lr=1e30, vision_lr=1e30,
+                      clip=1e30, vocab_size=256)
+    with pytest.raises(TrainingError, match=r'loss is (nan|inf) at step \d+: training stopped; the last good checkpoint'):
+        train(cfg, tmp_path, progress=False)
+
+def test_cli_errors_are_one_line(tmp_path):
+    for args, msg in [(['--variant', 'clii'], "invalid choice: 'clii'"), (['--dataset', 'coco'], "invalid choice: 'coco'"),
+                      (['--preset', 'huge'], "invalid choice: 'huge'")]:
+        r = run(args + ['--output', str(tmp_path / 'x')])
+        assert r.returncode == 2 and msg in r.stderr
+    (tmp_path / 'bad.json').write_text('{"not": "a list"}')
+    r = run(['--data', str(tmp_path / 'bad.json'), '--image-folder', str(tmp_path), '--output', str(tmp_path / 'y')])
+    assert r.returncode == 2 and r.stderr.strip().count('\n') == 0 and 'expected a JSON list' in r.stderr
+    r = subprocess.run([CLI, 'eval', '--checkpoint', str(tmp_path)], env=ENV,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and 'is not a cli_ref run or checkpoint' in r.stderr
