@@ -10,7 +10,7 @@ from cli_ref.train import TrainConfig, TrainingError, latest_checkpoint, train
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 CLI = shutil.which('cli_ref')  # the console script `pip install -e .` put on PATH
-TRAIN = [CLI, 'train', '--batch-size', '8', '--eval-limit', '16', '--quiet', '--dtype', 'fp32']
+TRAIN = [CLI, 'train', '--vit-steps', '0', '--batch-size', '8', '--eval-limit', '16', '--quiet', '--dtype', 'fp32']
 
 def run(args, **kw):
     return subprocess.run(TRAIN + args, env=ENV, capture_output=True, text=True, **kw)
@@ -37,7 +37,7 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     assert logged == sorted(set(logged))  # resuming rewrote nothing twice
 
 def test_ddp_two_processes_match_one(tmp_path):
-    args = ['--steps', '3', '--batch-size', '8', '--eval-limit', '8', '--quiet', '--dtype', 'fp32']
+    args = ['--vit-steps', '0', '--steps', '3', '--batch-size', '8', '--eval-limit', '8', '--quiet', '--dtype', 'fp32']
     one = subprocess.run([CLI, 'train', *args, '--output', str(tmp_path / 'one')],
                          env=ENV, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
@@ -53,7 +53,7 @@ def test_ddp_two_processes_match_one(tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    cfg = TrainConfig(instruct_steps=6, batch_size=4, ckpt_every=2, log_every=1, lr=1e30, new_lr=1e30, vision_lr=1e30,
+    cfg = TrainConfig(vit_steps=0, instruct_steps=6, batch_size=4, ckpt_every=2, log_every=1, lr=1e30, new_lr=1e30, vision_lr=1e30,
                       clip=1e30, vocab_size=256)
     with pytest.raises(TrainingError, match=r'loss is (nan|inf) at step \d+: training stopped; the last good checkpoint'):
         train(cfg, tmp_path, progress=False)
