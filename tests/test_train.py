@@ -69,3 +69,15 @@ def test_cli_errors_are_one_line(tmp_path):
     r = subprocess.run([CLI, 'eval', '--checkpoint', str(tmp_path)], env=ENV,
                        capture_output=True, text=True)
     assert r.returncode == 2 and 'is not a cli_ref run or checkpoint' in r.stderr
+
+def test_llava_data_without_test_file_holds_out_a_tenth(tmp_path):
+    from PIL import Image
+    from cli_ref.train import load_data
+    (tmp_path / 'img').mkdir(); Image.new('RGB', (8, 8)).save(tmp_path / 'img/a.png')
+    recs = [{'id': f'r{i}', 'image': 'a.png', 'conversations': [{'from': 'human', 'value': '<image>\nq?'},
+                                                                {'from': 'gpt', 'value': 'a'}]} for i in range(20)]
+    (tmp_path / 'd.json').write_text(json.dumps(recs))
+    cfg = TrainConfig(dataset='llava', data=str(tmp_path / 'd.json'), image_folder=str(tmp_path / 'img'), vit_steps=0)
+    train_recs, test_recs, pre = load_data(cfg)
+    assert [r.id for r in test_recs] == ['r18', 'r19'] and len(train_recs) == 18 and pre is None
+    assert load_data(cfg, train=False)[1] == test_recs
