@@ -64,3 +64,82 @@ def test_bad_checkpoints_name_the_problem(pair, tmp_path):
 def test_memory_plan_on_meta():
     mp = memory_plan('llava15_7b')
     assert 6.5e9 < mp['params'] < 7.5e9 and 0 < mp['cli_frac'] < 0.05 and mp['peak_gb_ckpt'] < mp['peak_gb']
+
+# --- LLaVA-OneVision: SigLIP + Qwen2, AnyRes crops, unpadding, image newline ---
+import numpy as np
+import torch.nn.functional as F
+from PIL import Image
+from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessor,
+                          Qwen2Config, SiglipVisionConfig)
+from cli_ref.llava import AnyResVLM, anyres_transform, n_anyres_tokens
+
+GRIDS = [[32, 32], [32, 64], [64, 32], [64, 64], [32, 96]]
+
+@pytest.fixture(scope='module', params=['anyres_max_9', 'anyres_max_1'])
+def ov_pair(request, tmp_path_factory):
+    torch.manual_seed(0)
+    vc = SiglipVisionConfig(hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4, image_size=32,
+                            patch_size=8)
+    tc = Qwen2Config(vocab_size=130, hidden_size=64, intermediate_size=112, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, tie_word_embeddings=True)
+    hf = LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig(
+        vision_config=vc, text_config=tc, image_token_index=120, image_grid_pinpoints=GRIDS,
+        vision_aspect_ratio=request.param)).eval()
+    for p in hf.parameters(): nn.init.normal_(p, std=0.1)
+    folder = tmp_path_factory.mktemp('ov')
+    hf.save_pretrained(folder, max_shard_size='100KB')
+    return hf, folder
+
+def ov_inputs(cfg, sizes=((40, 70), (50, 30)), seed=0):
+    rng = np.random.default_rng(seed)
+    out = [anyres_transform(cfg)(Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8))) for hw in sizes]
+    P = max(len(p) for p, _ in out)
+    px = torch.stack([F.pad(p, (0, 0, 0, 0, 0, 0, 0, P - len(p))) for p, _ in out])
+    n = [n_anyres_tokens(cfg, hw) for hw in sizes]
+    ids = torch.tensor([[0] * (max(n) - k) + [120] * k + rng.integers(2, 110, 6).tolist() for k in n])
+    return px, torch.tensor(sizes), ids, (ids != 0).long()
+
+def test_onevision_processor_matches_transformers():
+    from cli_ref.vlm import VLMConfig
+    from cli_ref.vit import ViTConfig
+    cfg = VLMConfig(vit=ViTConfig(image_size=32, patch_size=8), anyres=GRIDS)
+    proc = LlavaOnevisionImageProcessor(size={'height': 32, 'width': 32}, image_grid_pinpoints=GRIDS,
+                                        image_mean=list(cfg.vit.image_mean), image_std=list(cfg.vit.image_std))
+    rng = np.random.default_rng(1)
+    for hw in ((40, 70), (50, 30), (33, 100), (64, 64), (20, 25)):
+        img = Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8))
+        mine, size = anyres_transform(cfg)(img)
+        theirs = proc(img, return_tensors='pt')
+        assert size == tuple(theirs['image_sizes'][0].tolist()) and mine.shape == theirs['pixel_values'][0].shape
+        assert (mine - theirs['pixel_values'][0]).abs().max() < 1e-5
+
+def test_onevision_logits_and_generation_match(ov_pair):
+    hf, folder = ov_pair
+    ours = load_llava(folder).eval()
+    assert isinstance(ours, AnyResVLM)
+    px, sizes, ids, mask = ov_inputs(ours.cfg)
+    with torch.no_grad():
+        a = ours(px, ids, mask, image_sizes=sizes)
+        b = hf(input_ids=ids, attention_mask=mask, pixel_values=px, image_sizes=sizes).logits
+        assert ((a - b).abs() * mask[..., None]).max() < 1e-4
+        ref = hf.generate(input_ids=ids, attention_mask=mask, pixel_values=px, image_sizes=sizes, max_new_tokens=6,
+                          do_sample=False)[:, ids.shape[1]:]
+    assert torch.equal(ours.generate(px, ids, mask, max_new_tokens=6, image_sizes=sizes), ref)
+
+def test_onevision_cli_zero_init_masked_banks_and_adapter(ov_pair, tmp_path):
+    _, folder = ov_pair
+    base = load_llava(folder).eval()
+    px, sizes, ids, mask = ov_inputs(base.cfg, seed=2)
+    cli = attach_cli(base, inject_every=1).eval()
+    with torch.no_grad():
+        assert torch.equal(cli(px, ids, mask, image_sizes=sizes), base(px, ids, mask, image_sizes=sizes))
+        for p in cli_parameters(cli).values(): p.add_(torch.randn_like(p) * 0.05)
+        out = cli(px, ids, mask, image_sizes=sizes)
+        # each sample alone gives what it gets in the batch: bank padding is masked
+        for i in range(2):
+            n = int(mask[i].sum())
+            alone = cli(px[i:i + 1], ids[i:i + 1, -n:], image_sizes=sizes[i:i + 1])
+            assert (alone[0] - out[i, -n:]).abs().max() < 1e-4
+    save_adapter(cli, tmp_path)
+    back = load_adapter(load_llava(folder).eval(), tmp_path).eval()
+    with torch.no_grad(): assert (back(px, ids, mask, image_sizes=sizes) - out).abs().max() < 1e-6
