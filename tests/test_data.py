@@ -91,3 +91,13 @@ def test_overlong_samples_skipped_or_error(tok):
     with pytest.raises(DataError, match='record easy-test-0: .* more than max_len=40'):
         VQADataset(easy, tok, 64, tf, max_len=40, on_overflow='error')
     assert len(VQADataset(easy, tok, 64, tf, max_len=200)) == 20
+
+def test_group_turns_keeps_every_answer_once():
+    from cli_ref.data import IMAGE_TOKEN, VQARecord, group_turns
+    recs = [VQARecord(f'r{i}', f'img{i % 3}.png', [(f'{IMAGE_TOKEN}\nq{i}', f'a{i}')], 'f', 'global') for i in range(10)]
+    multi = group_turns(recs, 3, seed=1)
+    assert sorted(a for r in multi for _, a in r.turns) == sorted(f'a{i}' for i in range(10))
+    for r in multi:
+        assert len({int(a[1:]) % 3 for _, a in r.turns}) == 1 and len(r.turns) <= 3  # one image per conversation
+        assert r.turns[0][0].startswith(IMAGE_TOKEN) and all(IMAGE_TOKEN not in q for q, _ in r.turns[1:])
+    assert group_turns(recs, 1) == recs
