@@ -143,3 +143,10 @@ def test_onevision_cli_zero_init_masked_banks_and_adapter(ov_pair, tmp_path):
     save_adapter(cli, tmp_path)
     back = load_adapter(load_llava(folder).eval(), tmp_path).eval()
     with torch.no_grad(): assert (back(px, ids, mask, image_sizes=sizes) - out).abs().max() < 1e-6
+
+def test_hub_id_offline_names_the_problem(monkeypatch, tmp_path):
+    "A hub id that is not a local folder goes through huggingface_hub, which honours HF_HUB_OFFLINE: one clear error."
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('HF_HOME', str(tmp_path))  # an empty cache
+    with pytest.raises(FileNotFoundError, match='not a local folder and could not be fetched from the hub.*HF_HUB_OFFLINE=1'):
+        load_llava('llava-hf/llava-onevision-qwen2-0.5b-ov-hf')
