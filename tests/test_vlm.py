@@ -71,20 +71,16 @@ def test_padded_batch_equals_alone(model):
 
 def test_matmul_attention_equals_sdpa(model):
     "The two attention kernels are one function: every variant gives the same logits (padded batch) and tokens."
-    from cli_ref.vit import _ATTENTION, set_attention
-    saved = dict(_ATTENTION)
+    from cli_ref.vit import use_attention
     samples = [sample(n, 20 + n) for n in (3, 8)]
     T = max(len(i) for _, i in samples)
     ids = torch.stack([torch.cat([torch.zeros(T - len(i), dtype=torch.long), i]) for _, i in samples])
     am = (ids != 0).long(); am[:, -8:] = 1
     px = torch.stack([p for p, _ in samples])
     out = {}
-    try:
-        for impl in ('sdpa', 'matmul'):
-            set_attention(impl)
-            with torch.no_grad(): out[impl] = (model(px, ids, attention_mask=am) * am[..., None],
-                                               model.generate(px, ids, attention_mask=am, max_new_tokens=6))
-    finally: _ATTENTION.update(saved)
+    for impl in ('sdpa', 'matmul'):
+        with use_attention(impl), torch.no_grad():
+            out[impl] = (model(px, ids, attention_mask=am) * am[..., None], model.generate(px, ids, attention_mask=am, max_new_tokens=6))
     assert (out['sdpa'][0] - out['matmul'][0]).abs().max() < 1e-4
     assert torch.equal(out['sdpa'][1], out['matmul'][1])
 
