@@ -269,5 +269,6 @@ d = { 'settings': { 'branch': 'main',
                              'cli_ref.vlm.n_params': ('vlm.html#n_params', 'cli_ref/vlm.py'),
                              'cli_ref.vlm.param_groups': ('vlm.html#param_groups', 'cli_ref/vlm.py'),
                              'cli_ref.vlm.perturb_zero_init': ('vlm.html#perturb_zero_init', 'cli_ref/vlm.py'),
+                             'cli_ref.vlm.plot_alpha': ('vlm.html#plot_alpha', 'cli_ref/vlm.py'),
                              'cli_ref.vlm.plot_gates': ('vlm.html#plot_gates', 'cli_ref/vlm.py'),
                              'cli_ref.vlm.pool_tokens': ('vlm.html#pool_tokens', 'cli_ref/vlm.py')}}}
