@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from .data import DataError
 from .evaluate import ask, evaluate, format_results, load_run
-from .experiment import GRID, ExperimentConfig, collect, find_bottleneck, pretrain_tower, run_grid, summary_table
+from .experiment import GRID, ExperimentConfig, experiment, load_runs, prepare, summary_table
 from .train import DATASETS, TrainConfig, TrainingError, load_data, train
 from .vlm import VARIANTS, VLMConfig
 
@@ -68,14 +68,17 @@ def ask_cmd(args) -> None:
 
 # %% ../nbs/11_cli.ipynb #a60d693f
 def experiment_cmd(args) -> None:
-    cfg = ExperimentConfig(preset=args.preset, detail=args.detail, tower_steps=args.tower_steps, steps=args.steps,
-                           seeds=tuple(args.seeds), variants=tuple(args.variants), out=args.output)
-    results = Path(args.results); results.mkdir(parents=True, exist_ok=True)
-    cfg, tries = find_bottleneck(cfg, results=results)
-    if args.probe_only: return
-    tower, _ = pretrain_tower(cfg)  # the chosen try's tower (cached; made again if its file is missing)
-    run_grid(cfg, tower, lanes=args.lanes)
-    print(summary_table(collect(cfg, tries, results)))
+    kw = dict(seeds=tuple(args.seeds), towers=tuple(args.towers), variants=tuple(args.variants), out=args.output,
+              results=args.results, **({'steps': args.steps} if args.steps else {}))
+    cfg = ExperimentConfig.preset('quick' if args.quick else 'full', **kw)
+    if args.probe_only: probes = prepare(cfg)
+    else:
+        res = experiment(cfg, lanes=args.lanes)
+        probes = res['probes']
+        print(summary_table(load_runs(cfg)))
+        for h, x in res['hypotheses'].items(): print(f"{h}: {'not run' if x['held'] is None else 'held' if x['held'] else 'not held'}")
+        print(f"results in {cfg.results}: repro.json, repro.png, probes.json, probes.png, runs/")
+    print(f"early block for baseline-early: {probes['early_layer']}")
 
 # %% ../nbs/11_cli.ipynb #8f2a482e
 def bench_cmd(args) -> None:
@@ -129,16 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=ask_cmd)
     x = sub.add_parser('experiment', help='the many-to-many vs one-to-one experiment on the shapes set (resumable)')
     d = ExperimentConfig()
-    x.add_argument('--preset', choices=sorted(VLMConfig.presets), default=d.preset, help='model size (default %(default)s; small on a GPU)')
-    x.add_argument('--detail', choices=('coarse', 'fine'), default=d.detail, help='starting detail scale (default %(default)s)')
-    x.add_argument('--tower-steps', type=int, default=d.tower_steps, help='tower pretraining steps (default %(default)s)')
-    x.add_argument('--steps', type=int, default=d.steps, help='training steps per run (default %(default)s)')
+    x.add_argument('--steps', type=int, help=f'training steps per run (default {d.steps})')
     x.add_argument('--seeds', type=int, nargs='+', default=list(d.seeds), help='seeds (default 0 1 2)')
-    x.add_argument('--variants', nargs='+', choices=list(GRID), default=list(GRID), metavar='V', help=f'grid entries (default all: {", ".join(GRID)})')
+    x.add_argument('--towers', nargs='+', choices=d.towers, default=list(d.towers), help='towers (default both)')
+    x.add_argument('--variants', nargs='+', choices=list(GRID), default=list(d.variants), metavar='V',
+                   help=f'grid entries (default the primary grid: {", ".join(d.variants)}; also {", ".join(v for v in GRID if v not in d.variants)})')
     x.add_argument('--lanes', type=int, default=2, help='runs in parallel, one thread each (default 2)')
-    x.add_argument('--output', default=d.out, help='folder of the runs (default %(default)s)')
-    x.add_argument('--results', default='data/results', help='where repro.json and figures go (default %(default)s)')
-    x.add_argument('--probe-only', action='store_true', help='stop after the tower and the probes')
+    x.add_argument('--output', default=d.out, help='towers and feature caches (default %(default)s)')
+    x.add_argument('--results', default=d.results, help='probes, runs, repro.json and figures (default %(default)s)')
+    x.add_argument('--probe-only', action='store_true', help='stop after the towers and the probes')
+    x.add_argument('--quick', action='store_true', help='toy sizes: the whole protocol in about a minute (a test)')
     x.set_defaults(func=experiment_cmd)
     b = sub.add_parser('bench', help='throughput, overheads and generation speed; writes data/results/bench.json')
     b.add_argument('--presets', nargs='+', default=['tiny', 'small'], choices=sorted(VLMConfig.presets),

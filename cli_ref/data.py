@@ -21,7 +21,8 @@ from .tokenizer import IGNORE_INDEX, Tokenizer, encode_chat
 __all__ = ['IMAGE_TOKEN', 'EASY_SHAPES', 'EASY_COLORS', 'SHAPES', 'COLORS', 'TEXTURES', 'COUNT_WORDS', 'DETAIL', 'FAMILIES',
            'VQARecord', 'family_stats', 'print_stats', 'load_easy_vqa', 'easy_vqa_image_labels', 'DataError',
            'load_llava_json', 'save_llava_json', 'draw_scene', 'sample_scene', 'scene_labels', 'scene_questions',
-           'data_dir', 'generate_shapes', 'load_shapes', 'group_turns', 'image_transform', 'VQADataset', 'collate']
+           'data_dir', 'generate_shapes', 'shapes_split', 'load_shapes', 'group_turns', 'image_transform', 'VQADataset',
+           'collate']
 
 # %% ../nbs/04_data.ipynb #55dd9912
 IMAGE_TOKEN = '<image>'
@@ -165,7 +166,7 @@ SHAPES = ('circle', 'square', 'triangle')
 COLORS = {'red': (220, 40, 40), 'green': (40, 170, 60), 'blue': (50, 90, 230), 'yellow': (235, 205, 40),
           'purple': (150, 60, 200), 'orange': (245, 135, 35)}
 TEXTURES = ('plain', 'stripes', 'dots')
-COUNT_WORDS = {2: 'two', 3: 'three', 4: 'four'}
+COUNT_WORDS = {1: 'one', 2: 'two', 3: 'three', 4: 'four'}
 DETAIL = {'coarse': dict(stripe_period=4, marker_size=3), 'fine': dict(stripe_period=2, marker_size=2)}
 FAMILIES = {'count': 'global', 'largest_shape': 'global', 'leftmost_color': 'global', 'texture': 'local', 'marker': 'local'}
 
@@ -196,10 +197,10 @@ def draw_scene(objects: list[dict], size: int = 64, stripe_period: int = 4, mark
             img[y0:y0 + marker_size, x0:x0 + marker_size] = 0
     return img
 
-def sample_scene(rng: np.random.Generator, size: int = 64) -> list[dict]:
-    "2-4 non-overlapping objects with unique colours and a unique largest one."
+def sample_scene(rng: np.random.Generator, size: int = 64, objects: tuple = (2, 4)) -> list[dict]:
+    "`objects` (min, max) non-overlapping objects, 2-4 by default, with unique colours and a unique largest one."
     while True:
-        n = int(rng.integers(2, 5))
+        n = int(rng.integers(objects[0], objects[1] + 1))
         radii = rng.integers(7, 13, n).astype(float)
         if (radii == radii.max()).sum() > 1: continue
         objs, colors = [], rng.permutation(list(COLORS))[:n]
@@ -233,30 +234,36 @@ def data_dir() -> Path:
     "Where generated data is cached: $CLI_REF_DATA, else ./data."
     return Path(os.environ.get('CLI_REF_DATA', 'data'))
 
-def generate_shapes(n: int, seed: int = 0, detail: str = 'coarse', size: int = 64) -> tuple[np.ndarray, list[dict]]:
+def generate_shapes(n: int, seed: int = 0, detail: str = 'coarse', size: int = 64, objects: tuple = (2, 4)) -> tuple[np.ndarray, list[dict]]:
     "n images (n, H, W, 3) and their scenes."
     if detail not in DETAIL: raise ValueError(f"unknown detail {detail!r}; choose one of {list(DETAIL)}")
     rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng, size) for _ in range(n)]
+    scenes = [sample_scene(rng, size, objects) for _ in range(n)]
     return np.stack([draw_scene(s, size, **DETAIL[detail]) for s in scenes]), scenes
 
-def load_shapes(split: str = 'train', n: int | None = None, detail: str = 'coarse', seed: int = 0,
-                cache: bool = True) -> tuple[list[VQARecord], dict[str, np.ndarray], np.ndarray]:
-    """Shapes records (one per image and family), image-level labels and the images (n, H, W, 3); train and test
-    use different seeds. Default sizes: 30,000 train and 3,000 test images."""
+def _split_seed(split: str, seed: int) -> int: return seed * 1000 + {'train': 1, 'test': 2}[split]
+
+def shapes_split(split: str = 'train', n: int | None = None, detail: str = 'coarse', seed: int = 0,
+                 cache: bool = True, objects: tuple = (2, 4)) -> tuple[np.ndarray, list[dict]]:
+    """The images (n, H, W, 3) and scenes of a shapes split, generated once and cached under `data_dir()`; train and
+    test use different seeds. Default sizes: 30,000 train and 3,000 test images."""
     n = n or {'train': 30000, 'test': 3000}[split]
-    s = seed * 1000 + {'train': 1, 'test': 2}[split]
-    stem = data_dir() / 'cache' / f'shapes-{split}-{n}-{detail}-{seed}'
+    stem = data_dir() / 'cache' / (f'shapes-{split}-{n}-{detail}-{seed}' + ('' if tuple(objects) == (2, 4) else f'-{objects[0]}to{objects[1]}'))
     if cache and stem.with_suffix('.npz').exists() and stem.with_suffix('.json').exists():
-        images, scenes = np.load(stem.with_suffix('.npz'))['images'], json.loads(stem.with_suffix('.json').read_text())
-    else:
-        images, scenes = generate_shapes(n, s, detail)
-        if cache:
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(stem.with_suffix('.tmp.npz'), images=images)
-            os.replace(stem.with_suffix('.tmp.npz'), stem.with_suffix('.npz'))
-            stem.with_suffix('.json').write_text(json.dumps(scenes))
-    rng = np.random.default_rng(s + 7)
+        return np.load(stem.with_suffix('.npz'))['images'], json.loads(stem.with_suffix('.json').read_text())
+    images, scenes = generate_shapes(n, _split_seed(split, seed), detail, objects=objects)
+    if cache:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(stem.with_suffix('.tmp.npz'), images=images)
+        os.replace(stem.with_suffix('.tmp.npz'), stem.with_suffix('.npz'))
+        stem.with_suffix('.json').write_text(json.dumps(scenes))
+    return images, scenes
+
+def load_shapes(split: str = 'train', n: int | None = None, detail: str = 'coarse', seed: int = 0,
+                cache: bool = True, objects: tuple = (2, 4)) -> tuple[list[VQARecord], dict[str, np.ndarray], np.ndarray]:
+    """Shapes records (one per image and family), image-level labels and the images (n, H, W, 3) of `shapes_split`."""
+    images, scenes = shapes_split(split, n, detail, seed, cache, objects)
+    rng = np.random.default_rng(_split_seed(split, seed) + 7)
     records = [VQARecord(f'shapes-{split}-{i}-{fam}', images[i], [(f'{IMAGE_TOKEN}\n{q}', a)], fam, FAMILIES[fam])
                for i, sc in enumerate(scenes) for fam, (q, a) in scene_questions(sc, rng).items()]
     labs = [scene_labels(sc) for sc in scenes]

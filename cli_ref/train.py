@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .core import ConfigMixin, autocast, default_device, load_state_checked, set_seed
 from .data import (DataError, VQADataset, collate, easy_vqa_image_labels, group_turns, image_transform, load_easy_vqa,
                           load_llava_json, load_shapes)
-from .tokenizer import IGNORE_INDEX, Tokenizer, train_bpe
+from .tokenizer import IGNORE_INDEX, TEMPLATES, Tokenizer, train_bpe
 from .vlm import CrossLayerInjection, VLMConfig, param_groups
 
 # %% auto #0
@@ -123,8 +123,12 @@ def load_data(cfg: TrainConfig, train: bool = True):
     cut = len(recs) - max(1, len(recs) // 10)
     return recs[:cut], recs[cut:], None
 
-def build_tokenizer(records, vocab_size: int) -> Tokenizer:
-    return train_bpe((t for r in records for q, a in r.turns for t in (q, a)), vocab_size)
+def build_tokenizer(records, vocab_size: int, template: str | None = None) -> Tokenizer:
+    """A BPE trained on the questions and answers; with `template`, on them as that chat template writes them, so its
+    words ('USER:', 'ASSISTANT:') become single tokens instead of one token per letter (the main job does not)."""
+    if template is None: return train_bpe((t for r in records for q, a in r.turns for t in (q, a)), vocab_size)
+    t = TEMPLATES[template]
+    return train_bpe((t.user.format(q) + t.answer.format(a) for r in records for q, a in r.turns), vocab_size)
 
 def make_dataset(records, tok: Tokenizer, mcfg: VLMConfig, cfg: TrainConfig, prompt_only: bool = False) -> VQADataset:
     tf = image_transform(mcfg.vit.image_size, mcfg.vit.image_mean, mcfg.vit.image_std)

@@ -21,9 +21,9 @@ from .tokenizer import IGNORE_INDEX
 from .vit import ViTConfig, VisionTransformer
 
 # %% auto #0
-__all__ = ['OV_GRIDS', 'VARIANTS', 'VLMConfig', 'causal_lm_loss', 'pool_tokens', 'CrossLayerInjection', 'load_shared',
-           'param_groups', 'perturb_zero_init', 'n_params', 'params_over_baseline', 'added_params', 'gate_heatmap',
-           'gate_strip', 'plot_alpha', 'plot_gates']
+__all__ = ['OV_GRIDS', 'VARIANTS', 'VLMConfig', 'causal_lm_loss', 'shuffle_tokens', 'pool_tokens', 'CrossLayerInjection',
+           'load_shared', 'param_groups', 'perturb_zero_init', 'n_params', 'params_over_baseline', 'added_params',
+           'gate_heatmap', 'gate_strip', 'plot_alpha', 'plot_gates']
 
 # %% ../nbs/07_vlm.ipynb #269f3a5e
 OV_GRIDS = tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7))  # LLaVA-OneVision's crop grids
@@ -51,7 +51,9 @@ class VLMConfig(ConfigMixin):
     anyres: tuple = ()               # LLaVA-OneVision AnyRes crop grids (height, width); () = one image, one crop
     anyres_max: int = 9              # 'anyres_max_9': high-resolution tokens are downsampled to at most 9 crops' worth
     bank_pool: int = 1               # AnyRes: average-pool each high-resolution crop's tokens by this stride in the banks
-    image_pool: int = 1              # average-pool the patch grid by this stride before projecting (tiny: 2, 64 -> 16 tokens)
+    image_pool: int = 1              # pool the patch grid by this stride before projecting (tiny: 2, 64 -> 16 tokens)
+    image_pool_mode: str = 'avg'     # 'avg': mean of each cell; 'shuffle': its tokens concatenated (pixel shuffle), lossless
+    feature_norm: bool = False       # standardise each vision layer's tokens (LayerNorm without weights) before projecting
 
     presets: ClassVar[dict] = {
         'tiny': dict(vit='tiny', llm='tiny', image_pool=2, inject_start=1),
@@ -73,6 +75,10 @@ class VLMConfig(ConfigMixin):
             raise ValueError(f"{self.variant} needs one fixed-size token grid per image; it does not run with AnyRes")
         if self.anyres and self.image_pool > 1:
             raise ValueError("image_pool is for one-crop models; AnyRes downsamples with anyres_max and bank_pool")
+        if self.image_pool_mode not in ('avg', 'shuffle'): raise ValueError(f"image_pool_mode must be 'avg' or 'shuffle', not {self.image_pool_mode!r}")
+        if self.image_pool_mode == 'shuffle' and self.vit.grid % self.image_pool:
+            raise ValueError(f"image_pool_mode='shuffle' needs the patch grid ({self.vit.grid}) to divide by image_pool={self.image_pool}")
+        if self.anyres and self.feature_norm: raise ValueError("feature_norm is for one-crop models (AnyResVLM does not apply it)")
         if self.variant not in VARIANTS: raise ValueError(f"unknown variant {self.variant!r}; choose one of {list(VARIANTS)}")
         if self.attn_dim % self.agf_heads: raise ValueError(f"AGF width {self.attn_dim} must divide by agf_heads={self.agf_heads}")
         bad = [j for j in self.injection_layers if not 0 <= j < self.llm.n_layers]
@@ -103,10 +109,22 @@ class VLMConfig(ConfigMixin):
     @property
     def n_image_tokens(self) -> int: return math.ceil(self.vit.grid / self.image_pool) ** 2
 
+    @property
+    def vision_dim(self) -> int:
+        "Width of an image token entering the projector (the tower's, times stride**2 when cells are concatenated)."
+        return self.vit.dim * (self.image_pool ** 2 if self.image_pool_mode == 'shuffle' else 1)
+
 # %% ../nbs/07_vlm.ipynb #f0c96bdb
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     "Next-token cross-entropy over positions whose label is not IGNORE_INDEX."
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+
+def shuffle_tokens(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Space-to-depth ("pixel shuffle", as nanoVLM and Idefics3 shrink their grids): (B, n*n, D) -> (B, (n/stride)**2,
+    stride**2 * D), each stride x stride cell's tokens concatenated in row-major order. Fewer tokens, nothing lost."""
+    B, N, D = x.shape
+    n = math.isqrt(N); m = n // stride
+    return x.view(B, m, stride, m, stride, D).permute(0, 1, 3, 2, 4, 5).reshape(B, m * m, stride * stride * D)
 
 def pool_tokens(x: torch.Tensor, stride: int) -> torch.Tensor:
     "Average-pool a square token grid (B, n*n, D) by `stride` -> (B, ceil(n/stride)**2, D); edge cells average fewer tokens."
@@ -121,7 +139,7 @@ class CrossLayerInjection(nn.Module):
         "Build every part, or reuse given ones (a loaded base model's tower, LLM and projector: see `13_llava`)."
         super().__init__()
         self.cfg = cfg
-        Dv, D = cfg.vit.dim, cfg.llm.dim
+        Dv, D = cfg.vision_dim, cfg.llm.dim
         self.vit, self.llm = vit or VisionTransformer(cfg.vit), llm or LLM(cfg.llm)
         v = cfg.variant
         self.projector = projector or (DenseProjector(Dv, D, len(cfg.bank_layers)) if v == 'dense' else Projector(Dv, D))
@@ -138,12 +156,23 @@ class CrossLayerInjection(nn.Module):
         "Patch tokens (B, N, Dv) of every vision block the variant reads (class tokens dropped, as LLaVA does; pooled by `image_pool`)."
         cfg, p = self.cfg, self.cfg.vit.n_prefix
         needed = sorted(set(cfg.bank_layers) | {cfg.feature_index})
-        return {k: pool_tokens(f[:, p:], cfg.image_pool) for k, f in zip(needed, self.vit.forward_intermediates(pixel_values, needed))}
+        return {k: self.pool_image_tokens(f[:, p:]) for k, f in zip(needed, self.vit.forward_intermediates(pixel_values, needed))}
+
+    def pool_image_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        "One layer's patch tokens (B, n*n, D) pooled by `image_pool` as `image_pool_mode` says."
+        s = self.cfg.image_pool
+        if s == 1: return x
+        return shuffle_tokens(x, s) if self.cfg.image_pool_mode == 'shuffle' else pool_tokens(x, s)
 
     def encode_image(self, pixel_values: torch.Tensor, image_sizes=None):
         """Input image tokens (B, N, D); the banks L x (B, N, D) if the variant has them, and their key mask (None here:
         every bank token is real). `image_sizes` is for AnyRes models (`13_llava`)."""
-        cfg, feats = self.cfg, self.vision_features(pixel_values)
+        return self.project_features(self.vision_features(pixel_values))
+
+    def project_features(self, feats: dict[int, torch.Tensor]):
+        "`encode_image` after the tower: the projector (and AMP) on `vision_features`' output, or on a cache of it."
+        cfg = self.cfg
+        if cfg.feature_norm: feats = {k: F.layer_norm(f, f.shape[-1:]) for k, f in feats.items()}
         if cfg.variant == 'dense': return self.projector([feats[k] for k in cfg.bank_layers]), None, None
         tokens = self.projector(feats[cfg.feature_index])
         banks = self.amp([feats[k] for k in cfg.bank_layers]) if self.amp is not None else None
@@ -190,7 +219,15 @@ class CrossLayerInjection(nn.Module):
 
     def forward(self, pixel_values, input_ids, attention_mask=None, trace: list | None = None, image_sizes=None) -> torch.Tensor:
         "Logits (B, T, V)."
-        tokens, banks, bank_mask = self.encode_image(pixel_values, image_sizes)
+        return self.decode(self.encode_image(pixel_values, image_sizes), input_ids, attention_mask, trace)
+
+    def forward_features(self, feats: dict[int, torch.Tensor], input_ids, attention_mask=None, trace: list | None = None) -> torch.Tensor:
+        "Logits (B, T, V) from `vision_features`' output computed earlier (a frozen tower's feature cache, `12_experiments`)."
+        return self.decode(self.project_features(feats), input_ids, attention_mask, trace)
+
+    def decode(self, encoded: tuple, input_ids, attention_mask=None, trace: list | None = None) -> torch.Tensor:
+        "Logits (B, T, V) from `encode_image`'s (tokens, banks, bank mask) and the text."
+        tokens, banks, bank_mask = encoded
         x, vis = self.embed(input_ids, tokens)
         return self.llm(inputs_embeds=x, attention_mask=attention_mask,
                         inject=self.make_inject(vis, banks, trace=trace, bank_mask=bank_mask))
