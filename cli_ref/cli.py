@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from .data import DataError
 from .evaluate import ask, evaluate, format_results, load_run
-from .experiment import GRID, ExperimentConfig, experiment, load_runs, prepare, summary_table
+from .experiment import GRID, ExperimentConfig, experiment, load_runs, prepare, report, summary_table
 from .train import DATASETS, TrainConfig, TrainingError, load_data, train
 from .vlm import VARIANTS, VLMConfig
 
@@ -73,7 +73,7 @@ def experiment_cmd(args) -> None:
     cfg = ExperimentConfig.preset('quick' if args.quick else 'full', **kw)
     if args.probe_only: probes = prepare(cfg)
     else:
-        res = experiment(cfg, lanes=args.lanes)
+        res = report(cfg) if args.report_only else experiment(cfg, lanes=args.lanes)
         probes = res['probes']
         print(summary_table(load_runs(cfg)))
         for h, x in res['hypotheses'].items(): print(f"{h}: {'not run' if x['held'] is None else 'held' if x['held'] else 'not held'}")
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument('--output', default=d.out, help='towers and feature caches (default %(default)s)')
     x.add_argument('--results', default=d.results, help='probes, runs, repro.json and figures (default %(default)s)')
     x.add_argument('--probe-only', action='store_true', help='stop after the towers and the probes')
+    x.add_argument('--report-only', action='store_true', help='write repro.json and the figures from the finished runs, train nothing')
     x.add_argument('--quick', action='store_true', help='toy sizes: the whole protocol in about a minute (a test)')
     x.set_defaults(func=experiment_cmd)
     b = sub.add_parser('bench', help='throughput, overheads and generation speed; writes data/results/bench.json')
