@@ -4,13 +4,14 @@
 
 # %% ../nbs/11_cli.ipynb #96164bf2
 from __future__ import annotations
-import argparse, json, os, sys, time
+import argparse, json, os, sys, time, traceback
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
-from .data import DataError
+from .data import DataError, check_images
 from .evaluate import ask, evaluate, format_results, load_run
 from .experiment import GRID, ExperimentConfig, experiment, load_runs, prepare, report, summary_table
 from .train import DATASETS, TrainConfig, TrainingError, load_data, train
@@ -29,9 +30,13 @@ def _data_args(p: argparse.ArgumentParser, default_dataset: str | None):
     g.add_argument('--test-data', metavar='FILE.json', help='LLaVA-format test records (default: hold out 10%% of --data)')
     g.add_argument('--image-folder', metavar='DIR', help='folder the image paths in --data are relative to')
     g.add_argument('--detail', choices=('coarse', 'fine'), default='coarse', help='shapes: detail scale (default coarse)')
+    g.add_argument('--bad-images', choices=('error', 'skip'), default='error', help='LLaVA-format data: stop at an unreadable '
+                   'image (error, the default), or leave its records out and list them in the run folder (skip; fails if '
+                   'more than 5%% of the records would go)')
 
 def _dataset_fields(args) -> dict:
-    if args.data: return dict(dataset='llava', data=args.data, test_data=args.test_data or '', image_folder=args.image_folder or '')
+    if args.data: return dict(dataset='llava', data=args.data, test_data=args.test_data or '', image_folder=args.image_folder or '',
+                              bad_images=args.bad_images)
     return dict(dataset=args.dataset, detail=args.detail)
 
 def train_cmd(args) -> None:
@@ -57,6 +62,7 @@ def eval_cmd(args) -> None:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **_dataset_fields(args)})
     _, test, _ = load_data(cfg, train=False)
     if args.limit: test = test[:args.limit]
+    if cfg.dataset == 'llava': test, _ = check_images(test, 'error')  # a bad test image is an error: scores need every record
     res = evaluate(model, tok, test, cfg, out=Path(args.checkpoint), batch_size=args.batch_size)
     print(format_results(res))
 
@@ -91,8 +97,10 @@ def bench_cmd(args) -> None:
 # %% ../nbs/11_cli.ipynb #92eb6bef
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='cli_ref', description='Cross-Layer Injection for vision-language models.')
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument('--debug', action='store_true', help='on an error, show the traceback too')
     sub = p.add_subparsers(dest='command', required=True)
-    t = sub.add_parser('train', help='train a VLM (the main job: no arguments)', description='Train a VLM, then evaluate it '
+    t = sub.add_parser('train', parents=[common], help='train a VLM (the main job: no arguments)', description='Train a VLM, then evaluate it '
                        'on the test set. With no arguments: easy-VQA, tiny preset, variant cli.')
     _data_args(t, 'easy-vqa')
     t.add_argument('--variant', choices=VARIANTS, default='cli', help='model variant (default cli)')
@@ -116,21 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--eval-limit', type=int, default=0, help='evaluate on the first N test questions only (default all)')
     t.add_argument('--quiet', action='store_true', help='no progress bar')
     t.set_defaults(func=train_cmd)
-    e = sub.add_parser('eval', help='evaluate a trained run on a test set')
+    e = sub.add_parser('eval', parents=[common], help='evaluate a trained run on a test set')
     e.add_argument('--checkpoint', required=True, metavar='DIR', help='a run folder (newest checkpoint) or one ckpt-* folder')
     _data_args(e, None)
     e.add_argument('--batch-size', type=int, default=128, help='questions per generation batch (default 128)')
     e.add_argument('--limit', type=int, default=0, help='first N test questions only (default all)')
     e.add_argument('--device', help='cpu, cuda, ... (default: cuda if available)')
     e.set_defaults(func=eval_cmd)
-    a = sub.add_parser('ask', help='answer one question about one image')
+    a = sub.add_parser('ask', parents=[common], help='answer one question about one image')
     a.add_argument('--checkpoint', required=True, metavar='DIR', help='a run folder or one ckpt-* folder')
     a.add_argument('--image', required=True, help='image file')
     a.add_argument('--question', required=True, help='the question')
     a.add_argument('--gates', metavar='PNG', help='save the gate pictures (AGF variants) to this file')
     a.add_argument('--device', help='cpu, cuda, ... (default: cuda if available)')
     a.set_defaults(func=ask_cmd)
-    x = sub.add_parser('experiment', help='the many-to-many vs one-to-one experiment on the shapes set (resumable)')
+    x = sub.add_parser('experiment', parents=[common], help='the many-to-many vs one-to-one experiment on the shapes set (resumable)')
     d = ExperimentConfig()
     x.add_argument('--steps', type=int, help=f'training steps per run (default {d.steps})')
     x.add_argument('--seeds', type=int, nargs='+', default=list(d.seeds), help='seeds (default 0 1 2)')
@@ -144,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument('--report-only', action='store_true', help='write repro.json and the figures from the finished runs, train nothing')
     x.add_argument('--quick', action='store_true', help='toy sizes: the whole protocol in about a minute (a test)')
     x.set_defaults(func=experiment_cmd)
-    b = sub.add_parser('bench', help='throughput, overheads and generation speed; writes data/results/bench.json')
+    b = sub.add_parser('bench', parents=[common], help='throughput, overheads and generation speed; writes data/results/bench.json')
     b.add_argument('--presets', nargs='+', default=['tiny', 'small'], choices=sorted(VLMConfig.presets),
                    help='presets (default tiny and small)')
     b.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'], choices=('fp32', 'bf16'), help='dtypes (default both)')
@@ -161,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         dist.init_process_group('nccl' if torch.cuda.is_available() and args.device != 'cpu' else 'gloo')
     try: args.func(args)
     except (DataError, TrainingError, FileNotFoundError, ValueError) as e:
+        for bar in list(getattr(tqdm, '_instances', [])): bar.close()  # progress bars first: the error is the last line
+        if args.debug: traceback.print_exc()
         print(f"cli_ref {args.command}: error: {e}", file=sys.stderr); sys.exit(2)
     finally:
         if dist.is_initialized(): dist.destroy_process_group()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_data.ipynb #3a769c8a
 from __future__ import annotations
-import json, math, os, warnings
+import concurrent.futures, json, math, os, warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,15 +14,16 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
 from .tokenizer import IGNORE_INDEX, Tokenizer, encode_chat
 
 # %% auto #0
 __all__ = ['IMAGE_TOKEN', 'EASY_SHAPES', 'EASY_COLORS', 'SHAPES', 'COLORS', 'TEXTURES', 'COUNT_WORDS', 'DETAIL', 'FAMILIES',
            'VQARecord', 'family_stats', 'print_stats', 'load_easy_vqa', 'easy_vqa_image_labels', 'DataError',
-           'load_llava_json', 'save_llava_json', 'draw_scene', 'sample_scene', 'scene_labels', 'scene_questions',
-           'data_dir', 'generate_shapes', 'shapes_split', 'load_shapes', 'group_turns', 'image_transform', 'VQADataset',
-           'collate']
+           'load_llava_json', 'check_images', 'save_llava_json', 'draw_scene', 'sample_scene', 'scene_labels',
+           'scene_questions', 'data_dir', 'generate_shapes', 'shapes_split', 'load_shapes', 'group_turns',
+           'image_transform', 'VQADataset', 'collate']
 
 # %% ../nbs/04_data.ipynb #55dd9912
 IMAGE_TOKEN = '<image>'
@@ -101,12 +102,22 @@ def easy_vqa_image_labels(split: str = 'train') -> tuple[np.ndarray, dict[str, n
 class DataError(ValueError):
     "A dataset file or record that cannot be used; the message names the file and the record."
 
+def _message_text(m, where: str, field: str) -> str:
+    "A message's text: a string, or a number taken as its text (`42` -> '42'); anything else is an error."
+    v = m.get('value') if isinstance(m, dict) else None
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise DataError(f"{where}: {field} 'value' must be a string, got {type(v).__name__}")
+    return str(v)
+
 def _parse_llava_record(rec, i: int, path: Path, image_folder: Path) -> VQARecord:
     rid = rec.get('id', f'#{i}') if isinstance(rec, dict) else f'#{i}'
     where = f"{path}, record {rid}"
     if not isinstance(rec, dict): raise DataError(f"{where}: a record must be a JSON object, got {type(rec).__name__}")
     for key in ('image', 'conversations'):
         if key not in rec: raise DataError(f"{where}: no {key!r} key (records need 'id', 'image', 'conversations')")
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool): raise DataError(f"{where}: 'id' must be a string or an integer")
+    if not isinstance(rec['image'], str) or not rec['image'].strip():
+        raise DataError(f"{where}: 'image' must be a file path (a string) relative to the image folder, got {rec['image']!r}")
     conv = rec['conversations']
     if not isinstance(conv, list) or not conv or len(conv) % 2:
         raise DataError(f"{where}: 'conversations' must be a non-empty list of human/gpt pairs")
@@ -115,13 +126,15 @@ def _parse_llava_record(rec, i: int, path: Path, image_folder: Path) -> VQARecor
         h, g = conv[j], conv[j + 1]
         if not (isinstance(h, dict) and isinstance(g, dict) and h.get('from') == 'human' and g.get('from') == 'gpt'):
             raise DataError(f"{where}: turn {j // 2} must be a 'human' message followed by a 'gpt' message")
-        q, a = str(h.get('value', '')), str(g.get('value', ''))
+        q, a = _message_text(h, where, f"turn {j // 2} human"), _message_text(g, where, f"turn {j // 2} gpt")
         if not a.strip(): raise DataError(f"{where}: turn {j // 2} has an empty answer")
         turns.append((q, a))
     n_img = sum(q.count(IMAGE_TOKEN) for q, _ in turns)
     if n_img != 1 or IMAGE_TOKEN not in turns[0][0]:
         raise DataError(f"{where}: the first question must contain {IMAGE_TOKEN!r} exactly once (found {n_img} in the conversation)")
-    img = image_folder / rec['image']
+    img = (image_folder / rec['image']).resolve()
+    if not img.is_relative_to(image_folder.resolve()):
+        raise DataError(f"{where}: image path {rec['image']!r} leads outside the image folder {image_folder}")
     if not img.is_file(): raise DataError(f"{where}: image file {img} not found")
     return VQARecord(str(rid), str(img), turns, str(rec.get('family', '')), str(rec.get('kind', '')))
 
@@ -130,9 +143,52 @@ def load_llava_json(path: str | Path, image_folder: str | Path) -> list[VQARecor
     path, image_folder = Path(path), Path(image_folder)
     try: raw = json.loads(path.read_text(encoding='utf-8'))
     except FileNotFoundError: raise DataError(f"data file {path} not found") from None
+    except IsADirectoryError: raise DataError(f"data file {path} is a folder, not a JSON file") from None
+    except UnicodeDecodeError as e: raise DataError(f"{path} is not UTF-8 text (byte {e.start}); LLaVA-format files are UTF-8 JSON") from None
     except json.JSONDecodeError as e: raise DataError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(raw, list): raise DataError(f"{path}: expected a JSON list of records, got {type(raw).__name__}")
-    return [_parse_llava_record(rec, i, path, image_folder) for i, rec in enumerate(raw)]
+    records = [_parse_llava_record(rec, i, path, image_folder) for i, rec in enumerate(raw)]
+    seen = set()
+    for r in records:
+        if r.id in seen: raise DataError(f"{path}, record {r.id}: the id appears twice (answers are scored by id)")
+        seen.add(r.id)
+    return records
+
+def _decode(path: str) -> str | None:
+    "None if the file decodes as an image, else why not."
+    try:
+        with Image.open(path) as im: im.convert('RGB')
+        return None
+    except (UnidentifiedImageError, OSError, ValueError) as e: return str(e) or type(e).__name__
+
+def check_images(records: Sequence[VQARecord], policy: str = 'error', max_bad: float = 0.05, workers: int = 0,
+                 progress: bool = True) -> tuple[list[VQARecord], list[dict]]:
+    """Open and decode every image file of `records` once, before training (in `workers` processes; 0 = one per CPU
+    when there are more than 256 files). Returns the usable records and the bad ones ({id, image, error}). `policy`
+    'error' raises on the first bad image (by record order); 'skip' drops the records of bad images, unless more
+    than `max_bad` of the records would go."""
+    if policy not in ('error', 'skip'): raise ValueError(f"bad-images policy must be 'error' or 'skip', not {policy!r}")
+    paths = sorted({r.image for r in records if isinstance(r.image, str)})
+    n_workers = (workers or os.cpu_count() or 1) if len(paths) > 256 or workers > 1 else 1
+    bar = tqdm(total=len(paths), desc='checking images', unit='img', disable=not progress or not paths, mininterval=1)
+    errors = {}
+    try:
+        if n_workers > 1:
+            with concurrent.futures.ProcessPoolExecutor(n_workers) as ex:
+                for p, err in zip(paths, ex.map(_decode, paths, chunksize=64)):
+                    errors[p] = err; bar.update(1)
+        else:
+            for p in paths: errors[p] = _decode(p); bar.update(1)
+    finally: bar.close()
+    bad = [dict(id=r.id, image=r.image, error=errors[r.image]) for r in records if isinstance(r.image, str) and errors[r.image]]
+    if bad and policy == 'error':
+        raise DataError(f"record {bad[0]['id']}: image file {bad[0]['image']} is not a readable image ({bad[0]['error']}); "
+                        f"{len(bad)} record(s) have bad images (--bad-images skip leaves them out)")
+    if len(bad) > max_bad * len(records):
+        raise DataError(f"{len(bad)} of {len(records)} records have unreadable images, more than the {max_bad:.0%} "
+                        f"--bad-images skip allows; first: record {bad[0]['id']}, {bad[0]['image']}")
+    gone = {b['id'] for b in bad}
+    return [r for r in records if r.id not in gone], bad
 
 def save_llava_json(records: Sequence[VQARecord], path: str | Path, image_folder: str | Path) -> None:
     """Write `records` in LLaVA format; array images are saved as PNG under `image_folder`, file images are

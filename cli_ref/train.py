@@ -18,8 +18,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .core import ConfigMixin, autocast, default_device, load_state_checked, set_seed
-from .data import (DataError, VQADataset, collate, easy_vqa_image_labels, group_turns, image_transform, load_easy_vqa,
-                          load_llava_json, load_shapes)
+from .data import (DataError, VQADataset, check_images, collate, easy_vqa_image_labels, group_turns, image_transform,
+                          load_easy_vqa, load_llava_json, load_shapes)
 from .tokenizer import IGNORE_INDEX, TEMPLATES, Tokenizer, train_bpe
 from .vlm import CrossLayerInjection, VLMConfig, param_groups
 
@@ -56,6 +56,7 @@ class TrainConfig(ConfigMixin):
     warmup: float = 0.05             # fraction of each stage
     weight_decay: float = 0.01
     clip: float = 1.0
+    bad_images: str = 'error'        # LLaVA-format data: 'error' stops at an unreadable image, 'skip' leaves its records out
     dtype: str = 'auto'              # autocast: 'bf16', 'fp32', or 'auto' = bf16 on CUDA, fp32 on CPU (faster at tiny: 14_bench)
     vocab_size: int = 384            # BPE vocabulary trained on the training texts
     template: str = 'tiny'
@@ -119,7 +120,14 @@ def load_data(cfg: TrainConfig, train: bool = True):
     if not cfg.data or not cfg.image_folder:
         raise DataError("the llava dataset needs --data FILE.json and --image-folder DIR")
     recs = load_llava_json(cfg.data, cfg.image_folder)
-    if cfg.test_data: return recs, load_llava_json(cfg.test_data, cfg.image_folder), None
+    if not recs: raise DataError(f"{cfg.data}: no records (an empty list); nothing to train on")
+    if cfg.test_data:
+        test = load_llava_json(cfg.test_data, cfg.image_folder)
+        if not test: raise DataError(f"{cfg.test_data}: no records (an empty list); nothing to test on")
+        return (recs if train else []), test, None
+    if len(recs) < 2:
+        raise DataError(f"{cfg.data}: {len(recs)} record; holding out 10% as the test set needs at least 2 "
+                        f"(or give --test-data FILE.json)")
     cut = len(recs) - max(1, len(recs) // 10)
     return recs[:cut], recs[cut:], None
 
@@ -263,6 +271,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
     if cfg.batch_size % (world * cfg.grad_accum): raise ValueError(f"batch_size must divide by processes x grad_accum ({world * cfg.grad_accum})")
     set_seed(cfg.seed)
     train_recs, _, pretrain = load_data(cfg)
+    if cfg.dataset == 'llava':  # every image opened once now, so that no run dies on a bad one hours in
+        train_recs, bad = check_images(train_recs, cfg.bad_images, progress=progress and rank == 0)
+        if bad and rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / 'skipped_images.json').write_text(json.dumps(bad, indent=1))
+            print(f"skipped {len(bad)} record(s) with unreadable images (listed in {out_dir / 'skipped_images.json'})")
     train_recs = group_turns(train_recs, cfg.turns, cfg.seed)
     if (out_dir / 'tokenizer.json').exists() and ckpt: tok = Tokenizer.from_file(out_dir / 'tokenizer.json')
     else: tok = build_tokenizer(train_recs, cfg.vocab_size)

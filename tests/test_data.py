@@ -64,6 +64,15 @@ GOOD = {'id': 'r1', 'image': 'ok.png', 'conversations': [{'from': 'human', 'valu
     ([{**GOOD, 'conversations': [{'from': 'human', 'value': 'q?'}, {'from': 'gpt', 'value': 'a'}]}], r"record r1: .*'<image>'"),
     ([{**GOOD, 'conversations': [GOOD['conversations'][0], {'from': 'gpt', 'value': ''}]}], r'record r1: .*empty answer'),
     ([{**GOOD, 'conversations': [GOOD['conversations'][0]]}], r'record r1: .*human/gpt pairs'),
+    ([{**GOOD, 'image': 7}], r"record r1: 'image' must be a file path \(a string\)"),
+    ([{**GOOD, 'image': ['ok.png']}], r"record r1: 'image' must be a file path"),
+    ([{**GOOD, 'image': '../data.json'}], r"record r1: image path '\.\./data\.json' leads outside the image folder"),
+    ([{**GOOD, 'id': 1.5}], r"record 1\.5: 'id' must be a string or an integer"),
+    ([{**GOOD, 'conversations': [GOOD['conversations'][0], {'from': 'gpt', 'value': None}]}], r"record r1: turn 0 gpt 'value' must be a string"),
+    ([{**GOOD, 'conversations': [{'from': 'human', 'value': ['<image>']}, GOOD['conversations'][1]]}], r"record r1: turn 0 human 'value'"),
+    ([{**GOOD, 'conversations': GOOD['conversations'] * 2}], r"record r1: .*exactly once \(found 2"),
+    ([GOOD, GOOD], r'record r1: the id appears twice'),
+    (['not a record'], r'record #0: a record must be a JSON object'),
 ])
 def test_bad_llava_files(tmp_path, recs, msg):
     with pytest.raises(DataError, match=msg): load_llava_json(write(tmp_path, recs), tmp_path / 'img')
@@ -101,3 +110,48 @@ def test_group_turns_keeps_every_answer_once():
         assert len({int(a[1:]) % 3 for _, a in r.turns}) == 1 and len(r.turns) <= 3  # one image per conversation
         assert r.turns[0][0].startswith(IMAGE_TOKEN) and all(IMAGE_TOKEN not in q for q, _ in r.turns[1:])
     assert group_turns(recs, 1) == recs
+
+
+def test_llava_numbers_are_text_and_non_utf8_is_named(tmp_path):
+    p = write(tmp_path, [{**GOOD, 'id': 3, 'conversations': [GOOD['conversations'][0], {'from': 'gpt', 'value': 42}]}])
+    r, = load_llava_json(p, tmp_path / 'img')
+    assert (r.id, r.turns[0][1]) == ('3', '42')                          # a number answer is its text
+    p.write_bytes(json.dumps([GOOD]).encode('utf-16'))
+    with pytest.raises(DataError, match=r'data\.json is not UTF-8 text \(byte 0\)'): load_llava_json(p, tmp_path / 'img')
+
+
+def test_too_small_datasets_say_so(tmp_path):
+    from cli_ref.train import TrainConfig, load_data
+    for recs, msg in (([], r'no records \(an empty list\)'), ([GOOD], r'1 record; holding out 10% as the test set needs at least 2')):
+        cfg = TrainConfig(dataset='llava', data=str(write(tmp_path, recs)), image_folder=str(tmp_path / 'img'), vit_steps=0)
+        with pytest.raises(DataError, match=msg): load_data(cfg)
+
+
+def _image_zoo(folder):
+    "Unusual but valid images, and three broken ones."
+    folder.mkdir(exist_ok=True)
+    ok = {'gray.png': Image.new('L', (9, 5), 80), 'rgba.png': Image.new('RGBA', (7, 13), (1, 2, 3, 4)),
+          'palette.png': Image.new('RGB', (10, 10), (200, 10, 10)).convert('P'), 'photo.jpg': Image.new('RGB', (33, 17), (5, 99, 7)),
+          'ünïcødé 图.png': Image.new('RGB', (1, 1))}
+    for name, im in ok.items(): im.save(folder / name)
+    (folder / 'empty.png').write_bytes(b'')
+    (folder / 'text.png').write_text('not an image')
+    good = (folder / 'photo.jpg').read_bytes()
+    (folder / 'truncated.jpg').write_bytes(good[:len(good) // 2])
+    return list(ok), ['empty.png', 'text.png', 'truncated.jpg']
+
+
+def test_check_images_accepts_unusual_and_names_broken(tmp_path):
+    from cli_ref.data import VQARecord, check_images
+    ok, broken = _image_zoo(tmp_path / 'img')
+    rec = lambda i, name: VQARecord(f'r{i}', str(tmp_path / 'img' / name), [('<image>\nwhat is ünïcødé?', 'é')])
+    good = [rec(i, n) for i, n in enumerate(ok)]
+    kept, bad = check_images(good, progress=False)
+    assert kept == good and bad == [] and all(r.load_image().mode == 'RGB' for r in kept)
+    mixed = good + [rec(10 + i, n) for i, n in enumerate(broken)]
+    with pytest.raises(DataError, match=r'record r10: image file .*empty\.png is not a readable image .*3 record\(s\) have bad images'):
+        check_images(mixed, progress=False)
+    with pytest.raises(DataError, match=r'3 of 8 records have unreadable images, more than the 5%'):
+        check_images(mixed, 'skip', progress=False)
+    kept, bad = check_images(mixed, 'skip', max_bad=0.5, workers=2, progress=False)  # two worker processes
+    assert kept == good and [b['id'] for b in bad] == ['r10', 'r11', 'r12']

@@ -1,5 +1,5 @@
 "End-to-end training: a run killed with SIGKILL resumes to the same weights; DDP matches one process; bad input."
-import json, os, shutil, signal, subprocess, sys, time
+import json, os, re, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -81,3 +81,36 @@ def test_llava_data_without_test_file_holds_out_a_tenth(tmp_path):
     train_recs, test_recs, pre = load_data(cfg)
     assert [r.id for r in test_recs] == ['r18', 'r19'] and len(train_recs) == 18 and pre is None
     assert load_data(cfg, train=False)[1] == test_recs
+
+def _llava_set(folder, n=40, bad=(), n_broken=0):
+    "n records over 4 small images (those named in `bad` written broken), after `n_broken` records of one broken image."
+    from PIL import Image
+    (folder / 'img').mkdir(parents=True, exist_ok=True)
+    for name in [f'im{k}.png' for k in range(4)] + ['broken.png']:
+        if name in bad or name == 'broken.png': (folder / 'img' / name).write_bytes(b'\x89PNG\r\n\x1a\n truncated')
+        else: Image.new('RGB', (8 + len(name), 8), (10 * len(name), 10, 10)).save(folder / 'img' / name)
+    conv = lambda i: [{'from': 'human', 'value': '<image>\nwhat colour?'}, {'from': 'gpt', 'value': f'c{i % 4}'}]
+    recs = [{'id': f'b{i}', 'image': 'broken.png', 'conversations': conv(i)} for i in range(n_broken)] + \
+           [{'id': f'r{i}', 'image': f'im{i % 4}.png', 'conversations': conv(i)} for i in range(n)]
+    (folder / 'd.json').write_text(json.dumps(recs))
+    return ['--data', str(folder / 'd.json'), '--image-folder', str(folder / 'img'), '--steps', '2', '--ckpt-every', '1']
+
+def test_bad_image_stops_before_training_with_one_last_line(tmp_path):
+    args = _llava_set(tmp_path, bad=('im2.png',))
+    r = subprocess.run(TRAIN[:-3] + args + ['--output', str(tmp_path / 'run')], env=ENV, capture_output=True, text=True)  # progress bars on
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"cli_ref train: error: record r2: image file .*im2\.png is not a readable image .*", last), last
+    assert latest_checkpoint(tmp_path / 'run') is None                 # nothing trained: the check comes first
+    r = subprocess.run([CLI, 'train', '--debug'] + TRAIN[2:] + args + ['--output', str(tmp_path / 'run2')], env=ENV,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and 'Traceback' in r.stderr                # --debug shows where
+
+def test_bad_images_skip_lists_them_and_trains(tmp_path):
+    args = _llava_set(tmp_path, n=100, bad=('im3.png',))                # a quarter of the records: more than 5%
+    r = run(args + ['--bad-images', 'skip', '--output', str(tmp_path / 'run')])
+    assert r.returncode == 2 and 'records have unreadable images, more than the 5%' in r.stderr, r.stderr
+    args = _llava_set(tmp_path / 'few', n=100, n_broken=3)              # 3 of 91 training records
+    r = run(args + ['--bad-images', 'skip', '--output', str(tmp_path / 'run2')])
+    assert r.returncode == 0, r.stderr
+    assert [b['id'] for b in json.loads((tmp_path / 'run2' / 'skipped_images.json').read_text())] == ['b0', 'b1', 'b2']
