@@ -47,7 +47,10 @@ def llava_config(path_or_id: str | Path, **overrides) -> VLMConfig:
     hf = AutoConfig.from_pretrained(str(_hub_or_local(path_or_id)))
     if hf.model_type not in ('llava', 'llava_onevision'):
         raise ValueError(f"{path_or_id}: model_type {hf.model_type!r} is not supported (only 'llava' and 'llava_onevision')")
-    vit, llm = vit_config_from_hf(hf.vision_config), llm_config_from_hf(hf.text_config)
+    if getattr(hf, 'projector_hidden_act', 'gelu') != 'gelu':
+        raise ValueError(f"{path_or_id}: projector_hidden_act {hf.projector_hidden_act!r} is not supported (only 'gelu')")
+    try: vit, llm = vit_config_from_hf(hf.vision_config), llm_config_from_hf(hf.text_config)
+    except ValueError as e: raise ValueError(f"{path_or_id}: {e}") from None
     # 'default' drops the first token (CLIP's class token), 'full' keeps all; we always drop exactly the class tokens
     want = 'default' if vit.n_prefix else 'full'
     if hf.vision_feature_select_strategy != want:
@@ -55,7 +58,9 @@ def llava_config(path_or_id: str | Path, **overrides) -> VLMConfig:
                          f"{'class-token' if vit.n_prefix else 'class-token-free'} tower is not supported (only {want!r})")
     layer = hf.vision_feature_layer
     if not isinstance(layer, int): raise ValueError(f"{path_or_id}: several vision_feature_layer {layer} are not supported")
-    kw = dict(variant='baseline', feature_layer=layer, image_token_id=hf.image_token_index)
+    # transformers indexes the tower's hidden_states, whose entry 0 is the embedding output: entry k >= 1 is block k - 1
+    if layer == 0: raise ValueError(f"{path_or_id}: vision_feature_layer 0 (the embedding output) is not supported")
+    kw = dict(variant='baseline', feature_layer=layer - 1 if layer > 0 else layer, image_token_id=hf.image_token_index)
     if hf.model_type == 'llava_onevision':
         kw.update(anyres=tuple(map(tuple, hf.image_grid_pinpoints)), bank_pool=2,
                   anyres_max=int(hf.vision_aspect_ratio.removeprefix('anyres_max_')))

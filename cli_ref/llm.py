@@ -242,7 +242,12 @@ def generate(lm: LLM, input_ids=None, inputs_embeds=None, attention_mask=None, m
 
 # %% ../nbs/03_llm.ipynb #24685a90
 def llm_config_from_hf(hf) -> LLMConfig:
-    "An `LLMConfig` from a transformers `LlamaConfig` or `Qwen2Config`."
+    "An `LLMConfig` from a transformers `LlamaConfig` or `Qwen2Config`; fields that change the computation and that we do not implement are refused."
+    rope = getattr(hf, 'rope_parameters', None) or getattr(hf, 'rope_scaling', None) or {}
+    if rope.get('rope_type', rope.get('type', 'default')) != 'default':
+        raise ValueError(f"text_config rope scaling {rope.get('rope_type', rope.get('type'))!r} is not supported (only plain RoPE)")
+    if getattr(hf, 'use_sliding_window', False):
+        raise ValueError("text_config.use_sliding_window=True is not supported (only full attention)")
     return LLMConfig(vocab_size=hf.vocab_size, dim=hf.hidden_size, n_layers=hf.num_hidden_layers,
                      n_heads=hf.num_attention_heads, n_kv_heads=hf.num_key_value_heads or hf.num_attention_heads,
                      hidden_dim=hf.intermediate_size, rope_theta=getattr(hf, 'rope_theta', None)

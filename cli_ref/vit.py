@@ -221,6 +221,8 @@ def vit_config_from_hf(hf) -> ViTConfig:
     "A `ViTConfig` from a transformers `CLIPVisionConfig` or `SiglipVisionConfig`."
     clip = 'clip' in hf.model_type
     acts = {'quick_gelu': 'quick_gelu', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu': 'gelu'}
+    if hf.hidden_act not in acts:
+        raise ValueError(f"vision_config.hidden_act {hf.hidden_act!r} is not supported (only {sorted(acts)})")
     return ViTConfig(image_size=hf.image_size, patch_size=hf.patch_size, in_chans=hf.num_channels,
                      dim=hf.hidden_size, depth=hf.num_hidden_layers, n_heads=hf.num_attention_heads,
                      mlp_dim=hf.intermediate_size, act=acts[hf.hidden_act], class_token=clip, pre_norm=clip,

@@ -150,3 +150,47 @@ def test_hub_id_offline_names_the_problem(monkeypatch, tmp_path):
     monkeypatch.setenv('HF_HOME', str(tmp_path))  # an empty cache
     with pytest.raises(FileNotFoundError, match='not a local folder and could not be fetched from the hub.*HF_HUB_OFFLINE=1'):
         load_llava('llava-hf/llava-onevision-qwen2-0.5b-ov-hf')
+
+
+def _tiny_llava(folder, layer=-2, projector_act='gelu', vision_act='quick_gelu', **text):
+    torch.manual_seed(0)
+    vc = CLIPVisionConfig(hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4, image_size=32,
+                          patch_size=8, projection_dim=16, hidden_act=vision_act)
+    tc = LlamaConfig(vocab_size=130, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, **text)
+    hf = LlavaForConditionalGeneration(LlavaConfig(vision_config=vc, text_config=tc, image_token_index=120, vision_feature_layer=layer,
+                                                   image_seq_length=16, projector_hidden_act=projector_act)).eval()
+    for p in hf.parameters(): nn.init.normal_(p, std=0.1)
+    hf.save_pretrained(folder)
+    return hf
+
+
+@pytest.mark.parametrize('layer', [1, 2, 4, -1, -4])
+def test_feature_layer_counts_as_transformers_does(tmp_path, layer):
+    "transformers' vision_feature_layer indexes hidden_states (entry 0 = embeddings): k >= 1 is block k - 1."
+    hf = _tiny_llava(tmp_path, layer)
+    ours = load_llava(tmp_path).eval()
+    px, ids = inputs(2)
+    with torch.no_grad(): assert (ours(px, ids) - hf(input_ids=ids, pixel_values=px).logits).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize('kw,msg', [
+    (dict(layer=0), r'vision_feature_layer 0 \(the embedding output\) is not supported'),
+    (dict(projector_act='quick_gelu'), r"projector_hidden_act 'quick_gelu' is not supported"),
+    (dict(vision_act='gelu_new'), r"vision_config.hidden_act 'gelu_new' is not supported"),
+    (dict(rope_scaling={'rope_type': 'linear', 'factor': 2.0}), r"rope scaling 'linear' is not supported"),
+    (dict(rope_scaling={'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
+                        'original_max_position_embeddings': 64}), r"rope scaling 'llama3' is not supported"),
+])
+def test_unsupported_fields_are_refused_with_the_checkpoint_named(tmp_path, kw, msg):
+    _tiny_llava(tmp_path, **kw)
+    with pytest.raises(ValueError, match=f'{tmp_path.name}.*: .*{msg}'): load_llava(tmp_path)
+
+
+def test_qwen2_sliding_window_is_refused():
+    from transformers import Qwen2Config
+    from cli_ref.llm import llm_config_from_hf
+    assert llm_config_from_hf(Qwen2Config(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                          num_key_value_heads=2, intermediate_size=48)).qkv_bias
+    with pytest.raises(ValueError, match='use_sliding_window=True is not supported'):
+        llm_config_from_hf(Qwen2Config(use_sliding_window=True))
