@@ -99,7 +99,8 @@ def load_llava(path_or_id: str | Path, dtype: torch.dtype | None = None, device:
     folder = _hub_or_local(path_or_id)
     cfg = llava_config(folder, **overrides)
     with torch.device('meta'): model = AnyResVLM(cfg) if cfg.anyres else CrossLayerInjection(cfg)
-    sd = convert_llava_state(_read_safetensors(folder))
+    try: sd = convert_llava_state(_read_safetensors(folder))
+    except ValueError as e: raise ValueError(f"cannot load {folder}: {e}") from None
     own = model.state_dict()
     bad = [f"unexpected keys {sorted(set(sd) - set(own))}"] if set(sd) - set(own) else []
     bad += [f"shape mismatch {k}: got {tuple(v.shape)}, expected {tuple(own[k].shape)}" for k, v in sd.items()
@@ -240,6 +241,9 @@ def load_adapter(base: CrossLayerInjection, folder: str | Path) -> CrossLayerInj
     cfg = VLMConfig.from_json((folder / 'adapter.json').read_text())
     if cfg.vit != base.cfg.vit or cfg.llm != base.cfg.llm:
         raise ValueError(f"adapter {folder} was trained on another base model (tower or LLM config differs)")
+    if cfg.feature_index != base.cfg.feature_index:
+        raise ValueError(f"adapter {folder} was trained on a base whose projector reads vision block {cfg.feature_index}; "
+                         f"this base reads block {base.cfg.feature_index} (another vision_feature_layer)")
     keep = ('variant', 'vision_layers', 'n_vision_layers', 'lora_rank', 'lora_alpha', 'lora_on', 'inject_layers', 'inject_every', 'inject_start',
             'agf_dim', 'agf_heads', 'agf_tau', 'share_kv', 'bank_pool')
     model = attach_cli(base, **{k: getattr(cfg, k) for k in keep})

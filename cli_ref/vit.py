@@ -188,6 +188,8 @@ class VisionTransformer(nn.Module):
 
     def embed(self, x):
         "Pixels (B, C, H, W) -> tokens (B, T, D): patches, class token, position embeddings, pre-norm."
+        if x.shape[-2] != x.shape[-1]:
+            raise ValueError(f"images of {x.shape[-2]} x {x.shape[-1]} pixels: the tower takes square images (resize or crop first)")
         x = self.patch_embed(x)
         if self.cls_token is not None: x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1)
         return self.norm_pre(x + resample_pos_embed(self.pos_embed, math.isqrt(x.shape[1] - self.cfg.n_prefix),
@@ -245,7 +247,12 @@ def convert_hf_vision_state(sd: dict[str, torch.Tensor], prefix: str = '') -> di
             if name in ('self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'):
                 if name != 'self_attn.q_proj': continue  # fused below, once per layer and kind
                 a = f'encoder.layers.{i}.self_attn.'
-                out[f'blocks.{i}.attn.qkv.{kind}'] = torch.cat([sd[a + p + f'_proj.{kind}'] for p in 'qkv'])
+                parts = [a + p + f'_proj.{kind}' for p in 'qkv']
+                missing = [p for p in parts if p not in sd]
+                if missing: raise ValueError(f"tensor {prefix}{missing[0]} is missing (q, k and v are fused into one tensor)")
+                if len({sd[p].shape for p in parts}) > 1:
+                    raise ValueError(f"tensors {prefix}{a}q/k/v_proj.{kind} have different shapes {[tuple(sd[p].shape) for p in parts]}")
+                out[f'blocks.{i}.attn.qkv.{kind}'] = torch.cat([sd[p] for p in parts])
             elif name in _HF_BLOCK: out[f'blocks.{i}.{_HF_BLOCK[name]}.{kind}'] = v
             else: out[k] = v  # unknown: left under its own name so the checked load reports it
         else: out[k] = v

@@ -194,3 +194,26 @@ def test_qwen2_sliding_window_is_refused():
                                           num_key_value_heads=2, intermediate_size=48)).qkv_bias
     with pytest.raises(ValueError, match='use_sliding_window=True is not supported'):
         llm_config_from_hf(Qwen2Config(use_sliding_window=True))
+
+
+@pytest.mark.parametrize('change,msg', [
+    ('drop', r"cannot load .*: tensor .*layers\.1\.self_attn\.k_proj\.weight is missing"),
+    ('narrow', r"cannot load .*: tensors .*layers\.1\.self_attn\.q/k/v_proj\.weight have different shapes"),
+])
+def test_broken_qkv_tensors_are_named(tmp_path, change, msg):
+    from safetensors.torch import load_file, save_file
+    _tiny_llava(tmp_path)
+    f, = tmp_path.glob('*.safetensors')
+    sd = load_file(f)
+    k = next(k for k in sd if k.endswith('layers.1.self_attn.k_proj.weight') and 'vision' in k)
+    if change == 'drop': del sd[k]
+    else: sd[k] = sd[k][:-4]
+    save_file(sd, f)
+    with pytest.raises(ValueError, match=msg): load_llava(tmp_path)
+
+
+def test_adapter_on_a_base_with_another_feature_layer_says_why(tmp_path):
+    _tiny_llava(tmp_path / 'a', layer=-2); _tiny_llava(tmp_path / 'b', layer=-1)
+    save_adapter(attach_cli(load_llava(tmp_path / 'a')), tmp_path / 'adapter')
+    with pytest.raises(ValueError, match=r'reads vision block 2; this base reads block 3 \(another vision_feature_layer\)'):
+        load_adapter(load_llava(tmp_path / 'b'), tmp_path / 'adapter')

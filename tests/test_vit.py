@@ -63,3 +63,10 @@ def test_bad_state_dict_names_key():
     sd['blocks.0.attn.qkv.weight'] = sd['blocks.0.attn.qkv.weight'][:10]
     with pytest.raises(ValueError, match=r"ckpt\.safetensors.*shape mismatch blocks\.0\.attn\.qkv\.weight"):
         load_state_checked(vit, sd, 'ckpt.safetensors')
+
+
+def test_non_square_images_are_refused_in_one_line():
+    import pytest
+    from cli_ref.vit import ViTConfig, VisionTransformer
+    with pytest.raises(ValueError, match=r'images of 64 x 48 pixels: the tower takes square images'):
+        VisionTransformer(ViTConfig()).forward_intermediates(torch.randn(1, 3, 64, 48))
