@@ -221,7 +221,7 @@ def _stage_at(stages: list[dict], step: int) -> tuple[int, int]:
         step -= s['steps']
     return len(stages), 0
 
-def pretrain_vit(model: CrossLayerInjection, images, labels: dict, steps: int, cfg: TrainConfig, device) -> list[float]:
+def pretrain_vit(model: CrossLayerInjection, images, labels: dict, steps: int, cfg: TrainConfig, device, bar=None) -> list[float]:
     """Stage 0: train the tower on image-level labels (a linear head per label on mean-pooled patch tokens), as CLIP
     is trained on a global task before LLaVA uses it. The heads are thrown away afterwards."""
     vit, mc = model.vit, model.cfg.vit
@@ -239,6 +239,7 @@ def pretrain_vit(model: CrossLayerInjection, images, labels: dict, steps: int, c
             loss = sum(F.cross_entropy(h(feats).float(), torch.as_tensor(labels[k][idx], device=device), ignore_index=-1)
                        for k, h in heads.items())  # -1: label unknown for this image
         opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
+        if bar is not None: bar.update(1); bar.set_postfix(loss=f'{loss.item():.3f}', refresh=False)  # the run's bar moves from step 1
     return losses
 
 def _check_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> Path | None:
@@ -306,12 +307,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
         stage = stages[si]
         if stage['name'] == 'vit':
             if pretrain is None: raise TrainingError(f"stage 0 (--vit-steps) needs image-level labels; {cfg.dataset} has none")
-            losses = pretrain_vit(model, *pretrain, stage['steps'], cfg, dev)
-            step += stage['steps']; bar.update(stage['steps'])
+            bar.set_description('stage vit')
+            losses = pretrain_vit(model, *pretrain, stage['steps'], cfg, dev, bar=bar)
+            step += stage['steps']
             if rank == 0:
                 _log(out_dir, dict(step=step, stage='vit', loss=losses[-1], time=round(time.perf_counter() - t_start, 1)))
                 save_checkpoint(out_dir, step, model, None, dict(step=step, seen=seen, config=cfg.to_dict()), cfg.keep_last)
             continue
+        bar.set_description(f"stage {stage['name']}")
         opt = torch.optim.AdamW(_set_trainable(model, stage['lrs']), weight_decay=cfg.weight_decay, fused=True)
         if ckpt and s_step > 0: load_optimizer(opt, ckpt, json.loads((ckpt / 'state.json').read_text()))
         net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
