@@ -372,8 +372,7 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text(''.join(l + '\n' for l in keep))
 
 def plot_loss(out_dir: Path) -> Path:
-    "loss.png from log.jsonl."
-    import matplotlib; matplotlib.use('Agg')
+    "loss.png from log.jsonl (matplotlib picks a non-interactive backend by itself where there is no screen)."
     import matplotlib.pyplot as plt
     recs = [json.loads(l) for l in (Path(out_dir) / 'log.jsonl').read_text().splitlines() if l.strip()]
     recs = [r for r in recs if r['stage'] != 'vit']
