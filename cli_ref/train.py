@@ -21,7 +21,7 @@ from .core import ConfigMixin, autocast, default_device, load_state_checked, set
 from .data import (DataError, VQADataset, check_images, collate, easy_vqa_image_labels, group_turns, image_transform,
                           load_easy_vqa, load_llava_json, load_shapes)
 from .tokenizer import IGNORE_INDEX, TEMPLATES, Tokenizer, train_bpe
-from .vlm import CrossLayerInjection, VLMConfig, param_groups
+from .vlm import CrossLayerInjection, VLMConfig, causal_lm_loss, param_groups
 
 # %% auto #0
 __all__ = ['DATASETS', 'TrainConfig', 'lr_factor', 'batch_indices', 'load_data', 'build_tokenizer', 'make_dataset',
@@ -332,8 +332,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
                 with (nullcontext() if sync else net.no_sync()):
                     with autocast(cfg.dtype, dev):
                         logits = net(b['pixel_values'], b['input_ids'], b['attention_mask'])
-                    ls = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), b['labels'][:, 1:].flatten(),
-                                         ignore_index=IGNORE_INDEX, reduction='sum')
+                    ls = causal_lm_loss(logits, b['labels'], reduction='sum')
                     (ls / n_tok * world).backward()  # DDP averages over processes: undo that, normalise globally
                 loss_sum += ls.detach()
                 tok_count += int(b['attention_mask'].sum())

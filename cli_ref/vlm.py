@@ -115,9 +115,10 @@ class VLMConfig(ConfigMixin):
         return self.vit.dim * (self.image_pool ** 2 if self.image_pool_mode == 'shuffle' else 1)
 
 # %% ../nbs/07_vlm.ipynb #f0c96bdb
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    "Next-token cross-entropy over positions whose label is not IGNORE_INDEX."
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 'mean') -> torch.Tensor:
+    "Next-token cross-entropy over positions whose label is not IGNORE_INDEX (their mean, or with 'sum' their sum)."
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX,
+                           reduction=reduction)
 
 def shuffle_tokens(x: torch.Tensor, stride: int) -> torch.Tensor:
     """Space-to-depth ("pixel shuffle", as nanoVLM and Idefics3 shrink their grids): (B, n*n, D) -> (B, (n/stride)**2,
