@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime, json, os, platform, subprocess, time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -17,7 +18,7 @@ from .vlm import CrossLayerInjection, VLMConfig, causal_lm_loss, n_params
 
 # %% auto #0
 __all__ = ['timeit', 'matmul_peak', 'train_step_fn', 'step_flops', 'forward_flops', 'train_memory', 'hf_llava_like', 'hf_step_fn',
-           'run_bench', 'format_bench']
+           'run_bench', 'format_bench', 'image_check_speed']
 
 # %% ../nbs/14_bench.ipynb #c2a9b533
 def timeit(fn, repeats: int = 5, warmup: int = 1, device: torch.device | None = None) -> float:
@@ -207,3 +208,20 @@ def format_bench(res: dict) -> str:
     out += ['', '| generation, 64 new tokens | tokens/s with KV cache | without | speed-up |', '|---|---|---|---|']
     out += [f"| {k} | {v['tokens_per_s_cache']:.0f} | {v['tokens_per_s_no_cache']:.0f} | {v['speedup']:.1f}x |" for k, v in res['generate'].items()]
     return '\n'.join(out)
+
+# %% ../nbs/14_bench.ipynb #imgcheckcd1
+def image_check_speed(n: int = 2000, kinds=((64, 64, 'png'), (336, 448, 'jpg')), workers=(1, 2), folder: str | None = None) -> list[dict]:
+    "Images per second `check_images` decodes, per image kind and number of worker processes (files written to a temporary folder)."
+    import tempfile
+    from PIL import Image
+    from cli_ref.data import VQARecord, check_images
+    rng, out = np.random.default_rng(0), []
+    with tempfile.TemporaryDirectory(dir=folder) as d:
+        for h, w, ext in kinds:
+            paths = [Path(d) / f'{h}x{w}-{i}.{ext}' for i in range(n)]
+            for p in paths: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+            recs = [VQARecord(f'r{i}', str(p), [('<image>\nq', 'a')]) for i, p in enumerate(paths)]
+            for k in workers:
+                t = time.perf_counter(); check_images(recs, workers=k, progress=False)
+                out.append(dict(image=f'{h}x{w} {ext}', workers=k, images_per_s=n / (time.perf_counter() - t)))
+    return out

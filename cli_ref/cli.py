@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_cli.ipynb #96164bf2
 from __future__ import annotations
-import argparse, json, os, sys, time, traceback
+import argparse, json, os, platform, sys, time, traceback
 from pathlib import Path
 
 import torch
@@ -88,7 +88,13 @@ def experiment_cmd(args) -> None:
 
 # %% ../nbs/11_cli.ipynb #8f2a482e
 def bench_cmd(args) -> None:
-    from cli_ref.bench import format_bench, run_bench
+    from cli_ref.bench import format_bench, image_check_speed, run_bench
+    if args.images:
+        rows = image_check_speed()
+        out = Path(args.results); out.mkdir(parents=True, exist_ok=True)
+        (out / 'image_check.json').write_text(json.dumps(dict(machine=f"{platform.machine()}, {os.cpu_count()} CPUs", rows=rows), indent=1))
+        for r in rows: print(f"{r['image']:<14} workers {r['workers']}: {r['images_per_s']:,.0f} images/s")
+        return
     res = run_bench(presets=tuple(args.presets), dtypes=tuple(args.dtypes), batch=args.batch_size, device=args.device)
     out = Path(args.results); out.mkdir(parents=True, exist_ok=True)
     (out / 'bench.json').write_text(json.dumps(res, indent=1))
@@ -159,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--batch-size', type=int, default=32, help='training batch (default 32)')
     b.add_argument('--device', help='cpu, cuda, ... (default: cuda if available)')
     b.add_argument('--results', default='data/results', help='output folder (default %(default)s)')
+    b.add_argument('--images', action='store_true', help="only how fast a data set's images are checked (image_check.json)")
     b.set_defaults(func=bench_cmd)
     return p
 
