@@ -44,7 +44,11 @@ def _hub_or_local(path_or_id: str | Path) -> Path:
 def llava_config(path_or_id: str | Path, **overrides) -> VLMConfig:
     "A `VLMConfig` (variant `baseline` unless overridden) for a Hugging Face LLaVA-1.5 or LLaVA-OneVision checkpoint."
     from transformers import AutoConfig
-    hf = AutoConfig.from_pretrained(str(_hub_or_local(path_or_id)))
+    folder = _hub_or_local(path_or_id)
+    if not (folder / 'config.json').is_file():
+        raise FileNotFoundError(f"{path_or_id} is not a llava-hf checkpoint: it has no config.json")
+    try: hf = AutoConfig.from_pretrained(str(folder))
+    except ValueError as e: raise ValueError(f"{path_or_id} is not a llava-hf checkpoint: {e}") from None
     if hf.model_type not in ('llava', 'llava_onevision'):
         raise ValueError(f"{path_or_id}: model_type {hf.model_type!r} is not supported (only 'llava' and 'llava_onevision')")
     if getattr(hf, 'projector_hidden_act', 'gelu') != 'gelu':

@@ -217,3 +217,12 @@ def test_adapter_on_a_base_with_another_feature_layer_says_why(tmp_path):
     save_adapter(attach_cli(load_llava(tmp_path / 'a')), tmp_path / 'adapter')
     with pytest.raises(ValueError, match=r'reads vision block 2; this base reads block 3 \(another vision_feature_layer\)'):
         load_adapter(load_llava(tmp_path / 'b'), tmp_path / 'adapter')
+
+
+def test_a_folder_that_is_not_a_llava_checkpoint(tmp_path):
+    import json
+    with pytest.raises(FileNotFoundError, match=r'is not a llava-hf checkpoint: it has no config\.json'): load_llava(tmp_path)
+    (tmp_path / 'config.json').write_text(json.dumps({'hidden_size': 8}))
+    with pytest.raises(ValueError, match=r'is not a llava-hf checkpoint: '): load_llava(tmp_path)
+    (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'bert'}))
+    with pytest.raises(ValueError, match=r"model_type 'bert' is not supported"): load_llava(tmp_path)
