@@ -115,6 +115,8 @@ class ViTConfig(ConfigMixin):
     qkv_bias: bool = True
     eps: float = 1e-6              # LayerNorm epsilon: timm/SigLIP 1e-6, CLIP 1e-5
     pool: str = 'avg'              # image-level head input: 'avg' (mean of patch tokens), 'token' (class token)
+    pos_antialias: bool = False    # other image sizes: resample position embeddings with antialiasing (timm's
+                                   # dynamic_img_size) or without (transformers' interpolate_pos_encoding, LLaVA's)
     n_classes: int = 0             # 0 = no classification head
     image_mean: tuple = (0.5, 0.5, 0.5)
     image_std: tuple = (0.5, 0.5, 0.5)
@@ -144,13 +146,13 @@ class ViTConfig(ConfigMixin):
     def n_prefix(self) -> int: return int(self.class_token)
 
 # %% ../nbs/01_vit.ipynb #fd07e4c8
-def resample_pos_embed(pos: torch.Tensor, new_grid: int, n_prefix: int = 0) -> torch.Tensor:
-    "Resample (1, n_prefix + g*g, D) position embeddings to a `new_grid` x `new_grid` grid."
+def resample_pos_embed(pos: torch.Tensor, new_grid: int, n_prefix: int = 0, antialias: bool = False) -> torch.Tensor:
+    "Resample (1, n_prefix + g*g, D) position embeddings to a `new_grid` x `new_grid` grid (bicubic; `antialias` as timm)."
     prefix, grid_pos = pos[:, :n_prefix], pos[:, n_prefix:]
     g = math.isqrt(grid_pos.shape[1])
     if g == new_grid: return pos
     grid_pos = grid_pos.reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
-    grid_pos = F.interpolate(grid_pos.float(), size=(new_grid, new_grid), mode='bicubic', align_corners=False)
+    grid_pos = F.interpolate(grid_pos.float(), size=(new_grid, new_grid), mode='bicubic', align_corners=False, antialias=antialias)
     grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1).to(pos.dtype)
     return torch.cat([prefix, grid_pos], 1)
 
@@ -193,7 +195,7 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(x)
         if self.cls_token is not None: x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1)
         return self.norm_pre(x + resample_pos_embed(self.pos_embed, math.isqrt(x.shape[1] - self.cfg.n_prefix),
-                                                    self.cfg.n_prefix))
+                                                    self.cfg.n_prefix, self.cfg.pos_antialias))
 
     def forward_intermediates(self, x, indices: int | Sequence[int] | None = None, norm: bool = False) -> list[torch.Tensor]:
         "Token states (B, T, D) after each chosen block (timm's `indices` rule); `norm` applies the final norm."

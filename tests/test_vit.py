@@ -70,3 +70,26 @@ def test_non_square_images_are_refused_in_one_line():
     from cli_ref.vit import ViTConfig, VisionTransformer
     with pytest.raises(ValueError, match=r'images of 64 x 48 pixels: the tower takes square images'):
         VisionTransformer(ViTConfig()).forward_intermediates(torch.randn(1, 3, 64, 48))
+
+
+@pytest.mark.parametrize('new_size', [24, 48])  # a smaller grid (where antialiasing matters) and a larger one
+def test_other_image_sizes_match_timm_and_transformers(new_size):
+    "At another input size: with pos_antialias equal to timm's dynamic_img_size; without, to transformers' CLIP."
+    torch.manual_seed(new_size)
+    ref = tvit.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=0,
+                                 class_token=True, global_pool='token', fc_norm=False, dynamic_img_size=True).eval()
+    for p in ref.parameters(): torch.nn.init.normal_(p, std=0.2)
+    cfg = dict(image_size=32, patch_size=8, dim=32, depth=2, n_heads=4, mlp_dim=128, class_token=True, pool='token')
+    ours = load_state_checked(VisionTransformer(ViTConfig(**cfg, pos_antialias=True)), ref.state_dict(), 'timm').eval()
+    plain = load_state_checked(VisionTransformer(ViTConfig(**cfg)), ref.state_dict(), 'timm').eval()
+    x = torch.randn(2, 3, new_size, new_size)
+    with torch.no_grad():
+        assert max_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-5
+        if new_size < 32: assert max_diff(plain.forward_features(x), ref.forward_features(x)) > 1e-3  # the two differ here
+    hf = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+                                          image_size=32, patch_size=8)).eval()
+    for p in hf.parameters(): torch.nn.init.normal_(p, std=0.2)
+    mine = load_hf_vision(VisionTransformer(vit_config_from_hf(hf.config)), hf.state_dict()).eval()
+    with torch.no_grad():
+        hs = hf(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=True).hidden_states
+        assert max_diff(mine.forward_intermediates(x)[-1], hs[-1]) < 1e-4
