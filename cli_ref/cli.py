@@ -62,7 +62,9 @@ def eval_cmd(args) -> None:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **_dataset_fields(args)})
     _, test, _ = load_data(cfg, train=False)
     if args.limit: test = test[:args.limit]
-    if cfg.dataset == 'llava': test, _ = check_images(test, 'error')  # a bad test image is an error: scores need every record
+    if cfg.dataset == 'llava':
+        test, bad = check_images(test, args.bad_images)
+        if bad: print(f"left out {len(bad)} test record(s) with unreadable images: {', '.join(b['id'] for b in bad[:5])}{' ...' if len(bad) > 5 else ''}")
     res = evaluate(model, tok, test, cfg, out=Path(args.checkpoint), batch_size=args.batch_size)
     print(format_results(res))
 

@@ -248,6 +248,10 @@ def llm_config_from_hf(hf) -> LLMConfig:
         raise ValueError(f"text_config rope scaling {rope.get('rope_type', rope.get('type'))!r} is not supported (only plain RoPE)")
     if getattr(hf, 'use_sliding_window', False):
         raise ValueError("text_config.use_sliding_window=True is not supported (only full attention)")
+    if getattr(hf, 'hidden_act', 'silu') != 'silu': raise ValueError(f"text_config.hidden_act {hf.hidden_act!r} is not supported (only 'silu')")
+    if getattr(hf, 'mlp_bias', False): raise ValueError("text_config.mlp_bias=True is not supported (the MLP has no biases)")
+    if getattr(hf, 'head_dim', None) not in (None, hf.hidden_size // hf.num_attention_heads):
+        raise ValueError(f"text_config.head_dim {hf.head_dim} is not hidden_size / num_attention_heads; not supported")
     return LLMConfig(vocab_size=hf.vocab_size, dim=hf.hidden_size, n_layers=hf.num_hidden_layers,
                      n_heads=hf.num_attention_heads, n_kv_heads=hf.num_key_value_heads or hf.num_attention_heads,
                      hidden_dim=hf.intermediate_size, rope_theta=getattr(hf, 'rope_theta', None)

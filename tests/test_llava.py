@@ -226,3 +226,13 @@ def test_a_folder_that_is_not_a_llava_checkpoint(tmp_path):
     with pytest.raises(ValueError, match=r'is not a llava-hf checkpoint: '): load_llava(tmp_path)
     (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'bert'}))
     with pytest.raises(ValueError, match=r"model_type 'bert' is not supported"): load_llava(tmp_path)
+
+
+@pytest.mark.parametrize('field,value,msg', [('hidden_act', 'gelu', r"hidden_act 'gelu' is not supported"),
+                                             ('mlp_bias', True, r'mlp_bias=True is not supported'),
+                                             ('head_dim', 8, r'head_dim 8 is not hidden_size / num_attention_heads')])
+def test_llm_fields_that_change_the_computation_are_refused(field, value, msg):
+    from cli_ref.llm import llm_config_from_hf
+    kw = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, intermediate_size=48)
+    llm_config_from_hf(LlamaConfig(**kw))                                  # the plain config loads
+    with pytest.raises(ValueError, match=msg): llm_config_from_hf(LlamaConfig(**kw, **{field: value}))

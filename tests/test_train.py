@@ -114,3 +114,23 @@ def test_bad_images_skip_lists_them_and_trains(tmp_path):
     r = run(args + ['--bad-images', 'skip', '--output', str(tmp_path / 'run2')])
     assert r.returncode == 0, r.stderr
     assert [b['id'] for b in json.loads((tmp_path / 'run2' / 'skipped_images.json').read_text())] == ['b0', 'b1', 'b2']
+
+def test_eval_and_ask_give_the_same_one_line_errors(tmp_path):
+    args = _llava_set(tmp_path, n=40)
+    assert run(args + ['--output', str(tmp_path / 'run')]).returncode == 0
+    (tmp_path / 'img' / 'broken.png').write_text('not an image')
+    bad = [{'id': 't1', 'image': 'broken.png', 'conversations': [{'from': 'human', 'value': '<image>\nq'}, {'from': 'gpt', 'value': 'a'}]}]
+    (tmp_path / 'test.json').write_text(json.dumps(bad))
+    for cmd, expect in [
+        (['eval', '--checkpoint', str(tmp_path / 'run'), '--data', str(tmp_path / 'd.json'), '--test-data', str(tmp_path / 'test.json'),
+          '--image-folder', str(tmp_path / 'img')],
+         r"cli_ref eval: error: record t1: image file .*broken\.png is not a readable image .*"),
+        (['ask', '--checkpoint', str(tmp_path / 'run'), '--image', str(tmp_path / 'img' / 'broken.png'), '--question', 'q'],
+         r"cli_ref ask: error: .*broken\.png is not a readable image.*"),
+        (['ask', '--checkpoint', str(tmp_path / 'run'), '--image', str(tmp_path / 'nope.png'), '--question', 'q'],
+         r"cli_ref ask: error: .*nope\.png not found"),
+        (['ask', '--checkpoint', str(tmp_path / 'run'), '--image', str(tmp_path / 'img' / 'im0.png'), '--question', 'q ' * 400],
+         r"cli_ref ask: error: .*longer than max_len.*")]:
+        r = subprocess.run([CLI] + cmd, env=ENV, capture_output=True, text=True)
+        assert r.returncode == 2 and 'Traceback' not in r.stderr, (cmd[0], r.stderr[-500:])
+        assert re.fullmatch(expect, r.stderr.strip().splitlines()[-1]), r.stderr[-300:]
