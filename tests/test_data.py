@@ -155,3 +155,13 @@ def test_check_images_accepts_unusual_and_names_broken(tmp_path):
         check_images(mixed, 'skip', progress=False)
     kept, bad = check_images(mixed, 'skip', max_bad=0.5, workers=2, progress=False)  # two worker processes
     assert kept == good and [b['id'] for b in bad] == ['r10', 'r11', 'r12']
+
+
+def test_tokenizer_without_the_image_token_is_named(tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+    from cli_ref.tokenizer import Tokenizer
+    hf = HFTokenizer(models.BPE()); hf.pre_tokenizer = pre_tokenizers.ByteLevel()
+    hf.train_from_iterator(['hello world'] * 5, trainers.BpeTrainer(vocab_size=300, special_tokens=['<pad>', '<s>', '</s>']))
+    hf.save(str(tmp_path / 'tokenizer.json'))
+    with pytest.raises(ValueError, match=r"tokenizer\.json: special token '<image>' \(image\) is not in the vocabulary"):
+        Tokenizer.from_file(tmp_path)

@@ -134,3 +134,17 @@ def test_eval_and_ask_give_the_same_one_line_errors(tmp_path):
         r = subprocess.run([CLI] + cmd, env=ENV, capture_output=True, text=True)
         assert r.returncode == 2 and 'Traceback' not in r.stderr, (cmd[0], r.stderr[-500:])
         assert re.fullmatch(expect, r.stderr.strip().splitlines()[-1]), r.stderr[-300:]
+
+def test_unusual_valid_images_and_text_train(tmp_path):
+    "Grayscale, RGBA, palette and JPEG files of odd, non-square sizes, unicode file names and text: all train."
+    from PIL import Image
+    (tmp_path / 'img').mkdir()
+    ims = {'grå.png': Image.new('L', (9, 5), 80), 'rgba.png': Image.new('RGBA', (7, 13), (1, 2, 3, 4)),
+           'palette.png': Image.new('RGB', (10, 10), (200, 10, 10)).convert('P'), 'photo 图.jpg': Image.new('RGB', (33, 17), (5, 99, 7))}
+    for name, im in ims.items(): im.save(tmp_path / 'img' / name)
+    recs = [{'id': f'r{i}', 'image': name, 'conversations': [{'from': 'human', 'value': '<image>\nwelche Farbe, 颜色?'},
+                                                              {'from': 'gpt', 'value': ['grün', 'rot', 'blå', '绿'][i % 4]}]}
+            for i, name in enumerate(list(ims) * 5)]
+    (tmp_path / 'd.json').write_text(json.dumps(recs, ensure_ascii=False), encoding='utf-8')
+    r = run(['--data', str(tmp_path / 'd.json'), '--image-folder', str(tmp_path / 'img'), '--steps', '2', '--output', str(tmp_path / 'run')])
+    assert r.returncode == 0 and 'test accuracy' in r.stdout, r.stderr[-500:]
