@@ -13,7 +13,7 @@ from .llm import RMSNorm
 from .vit import attention
 
 # %% auto #0
-__all__ = ['BankKV', 'AdaptiveGatingFusion']
+__all__ = ['BankKV', 'AdaptiveGatingFusion', 'upgrade_agf_state']
 
 # %% ../nbs/06_agf.ipynb #7e8815de
 class BankKV(nn.Module):
@@ -44,7 +44,7 @@ class AdaptiveGatingFusion(nn.Module):
         self.q_proj = nn.Linear(dim, attn_dim, bias=False)
         self.o_proj = nn.Linear(attn_dim, dim, bias=False)
         nn.init.zeros_(self.o_proj.weight)                       # z = 0 at init: the model starts as the baseline
-        self.b = nn.Parameter(torch.zeros(()))                   # gate bias 0: sigma'(0) is at its largest
+        self.b = nn.Parameter(torch.zeros(1))                    # gate bias 0: sigma'(0) is at its largest (1-D: FSDP2 shards no scalars)
         if gate == 'dynamic':
             self.norm_z = RMSNorm(dim, eps)
             self.q_v = nn.Parameter(torch.randn(dim) / dim ** 0.5)  # layer-choice query
@@ -72,3 +72,7 @@ class AdaptiveGatingFusion(nn.Module):
         if has_image is not None: g = g * has_image[:, None].to(g.dtype)
         if trace is not None: trace.append(dict(alpha=alpha.detach(), g=g.detach()))
         return h + g[..., None] * (alpha[..., None] * z).sum(1)
+
+def upgrade_agf_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    "A state dict written when AGF's gate bias `b` was a scalar (before 2026-11-30), in today's 1-D layout."
+    return {k: v.reshape(1) if k.startswith('agf.') and k.endswith('.b') and v.dim() == 0 else v for k, v in sd.items()}

@@ -14,11 +14,12 @@ from tqdm.auto import tqdm
 from .data import DataError, check_images
 from .evaluate import ask, evaluate, format_results, load_run
 from .experiment import GRID, ExperimentConfig, experiment, load_runs, prepare, report, summary_table
-from .train import DATASETS, TrainConfig, TrainingError, load_data, train
+from .finetune import FinetuneConfig, finetune, load_finetuned, make_base_dataset
+from .train import DATASETS, TrainConfig, TrainingError, llava_split, load_data, make_dataset, train
 from .vlm import VARIANTS, VLMConfig
 
 # %% auto #0
-__all__ = ['train_cmd', 'eval_cmd', 'ask_cmd', 'experiment_cmd', 'bench_cmd', 'build_parser', 'main']
+__all__ = ['train_cmd', 'finetune_cmd', 'eval_cmd', 'ask_cmd', 'experiment_cmd', 'bench_cmd', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #5c4c725a
 def _data_args(p: argparse.ArgumentParser, default_dataset: str | None):
@@ -39,11 +40,18 @@ def _dataset_fields(args) -> dict:
                               bad_images=args.bad_images)
     return dict(dataset=args.dataset, detail=args.detail)
 
+def _given(args, **defaults) -> dict:
+    "The options given on the command line (not None), else `defaults`."
+    return {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+
 def train_cmd(args) -> None:
+    if args.base: return finetune_cmd(args)
     vit_steps = args.vit_steps if args.vit_steps is not None else 0 if args.data else TrainConfig.vit_steps
-    cfg = TrainConfig(model=VLMConfig.preset(args.preset, variant=args.variant), instruct_steps=args.steps,
-                      vit_steps=vit_steps, vision_lr=args.vision_lr, align_steps=args.align_steps, batch_size=args.batch_size, turns=args.turns,
-                      seed=args.seed, dtype=args.dtype, ckpt_every=args.ckpt_every, **_dataset_fields(args))
+    d = TrainConfig
+    o = _given(args, steps=d.instruct_steps, vision_lr=d.vision_lr, batch_size=d.batch_size, ckpt_every=d.ckpt_every)
+    cfg = TrainConfig(model=VLMConfig.preset(args.preset, variant=args.variant), instruct_steps=o['steps'],
+                      vit_steps=vit_steps, vision_lr=o['vision_lr'], align_steps=args.align_steps, batch_size=o['batch_size'], turns=args.turns,
+                      seed=args.seed, dtype=args.dtype, ckpt_every=o['ckpt_every'], **_dataset_fields(args))
     out = Path(args.output or f"runs/{cfg.dataset}-{args.variant}-{args.preset}-seed{args.seed}")
     t0 = time.perf_counter()
     model, tok = train(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet)
@@ -55,9 +63,46 @@ def train_cmd(args) -> None:
     print(f"trained in {t_train / 60:.1f} min, evaluated in {(time.perf_counter() - t0 - t_train) / 60:.1f} min; run folder {out}")
     print(format_results(res))
 
+def finetune_cmd(args) -> None:
+    "`cli_ref train --base DIR`: CLI trained on a llava-hf checkpoint (`15_finetune`), then scored on the test records."
+    if not args.data: raise DataError("training on a llava-hf checkpoint needs --data FILE.json and --image-folder DIR")
+    d = FinetuneConfig
+    o = _given(args, steps=d.steps, vision_lr=d.vision_lr, batch_size=d.batch_size, ckpt_every=d.ckpt_every, cli_lr=d.cli_lr,
+               projector_lr=d.projector_lr, llm_lr=d.llm_lr, max_len=d.max_len)
+    cfg = FinetuneConfig(base=args.base, data=args.data, test_data=args.test_data or '', image_folder=args.image_folder or '',
+                         bad_images=args.bad_images, train=args.train, grad_accum=args.grad_accum, seed=args.seed, dtype=args.dtype,
+                         gradient_checkpointing=args.gradient_checkpointing, **o)
+    out = Path(args.output or f"runs/{Path(args.base.rstrip('/')).name}-{args.train.replace('+', '-')}-seed{args.seed}")
+    t0 = time.perf_counter()
+    model, tok = finetune(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet)
+    if dist.is_initialized() and dist.get_rank() != 0: return
+    t_train = time.perf_counter() - t0
+    if dist.is_initialized() and cfg.train == 'cli+llm':  # FSDP2 left every process a shard: score the saved checkpoint
+        model, tok, _ = load_finetuned(cfg.base, str(out), args.device)
+    test = llava_split(cfg.data, cfg.test_data, cfg.image_folder, train=False)[1]
+    if args.eval_limit: test = test[:args.eval_limit]
+    res = evaluate(model.eval(), tok, test, cfg, out=out, make=make_base_dataset, max_new_tokens=args.max_new_tokens)
+    print(f"trained in {t_train / 60:.1f} min, evaluated in {(time.perf_counter() - t0 - t_train) / 60:.1f} min; run folder {out}")
+    print(format_results(res))
+
 # %% ../nbs/11_cli.ipynb #f50a7589
+def _model_of(args):
+    "(model, tokenizer, config, dataset maker) of `--checkpoint RUN`, or of `--base DIR [--adapter RUN]`."
+    if args.base: return (*load_finetuned(args.base, args.adapter, args.device), make_base_dataset)
+    if not args.checkpoint: raise ValueError("give --checkpoint RUN (a cli_ref train run), or --base DIR [--adapter RUN] (a llava-hf checkpoint)")
+    return (*load_run(args.checkpoint, args.device), make_dataset)
+
 def eval_cmd(args) -> None:
-    model, tok, cfg = load_run(args.checkpoint, args.device)
+    model, tok, cfg, make = _model_of(args)
+    if args.base:
+        if not args.data: raise DataError("--base needs --data FILE.json (and --image-folder DIR): the test records")
+        test = llava_split(args.data, args.test_data or '', args.image_folder or '', train=False)[1]
+        if args.limit: test = test[:args.limit]
+        test, bad = check_images(test, args.bad_images)
+        if bad: print(f"left out {len(bad)} test record(s) with unreadable images: {', '.join(b['id'] for b in bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        res = evaluate(model, tok, test, cfg, out=Path(args.adapter) if args.adapter else None, batch_size=args.batch_size,
+                       make=make, max_new_tokens=args.max_new_tokens)
+        return print(format_results(res))
     if args.data or args.dataset:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **_dataset_fields(args)})
     _, test, _ = load_data(cfg, train=False)
@@ -69,8 +114,8 @@ def eval_cmd(args) -> None:
     print(format_results(res))
 
 def ask_cmd(args) -> None:
-    model, tok, cfg = load_run(args.checkpoint, args.device)
-    out = ask(model, tok, args.image, args.question, cfg, gates_png=args.gates)
+    model, tok, cfg, make = _model_of(args)
+    out = ask(model, tok, args.image, args.question, cfg, gates_png=args.gates, make=make)
     print(out['answer'])
     if args.gates and 'gates_png' in out: print(f"gate pictures: {out['gates_png']}")
 
@@ -103,6 +148,13 @@ def bench_cmd(args) -> None:
     print(format_bench(res))
 
 # %% ../nbs/11_cli.ipynb #92eb6bef
+def _model_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group('the model: a cli_ref train run, or a llava-hf checkpoint with an adapter')
+    g.add_argument('--checkpoint', metavar='DIR', help='a run folder (newest checkpoint) or one ckpt-* folder')
+    g.add_argument('--base', metavar='DIR_OR_HUB_ID', help='a llava-hf LLaVA-1.5 or LLaVA-OneVision checkpoint')
+    g.add_argument('--adapter', metavar='DIR', help='with --base: a `cli_ref train --base` run folder, one of its ckpt-* '
+                   'folders, or a save_adapter folder (default: the base alone)')
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='cli_ref', description='Cross-Layer Injection for vision-language models.')
     common = argparse.ArgumentParser(add_help=False)
@@ -113,34 +165,48 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(t, 'easy-vqa')
     t.add_argument('--variant', choices=VARIANTS, default='cli', help='model variant (default cli)')
     t.add_argument('--preset', choices=sorted(VLMConfig.presets), default='tiny', help='model size (default tiny)')
-    t.add_argument('--steps', type=int, default=TrainConfig.instruct_steps, help='instruct-stage steps (default %(default)s)')
+    t.add_argument('--steps', type=int, help=f'instruct-stage steps (default {TrainConfig.instruct_steps}; with --base: one epoch)')
     t.add_argument('--vit-steps', type=int, help=f'stage 0: pretrain the tower on image-level labels, then freeze it '
                    f'(default {TrainConfig.vit_steps} for easy-vqa and shapes; LLaVA-format data has no labels: 0)')
-    t.add_argument('--vision-lr', type=float, default=TrainConfig.vision_lr, help='tower learning rate in the instruct '
-                   'stage; 0 keeps it frozen, as LLaVA-1.5 does (default %(default)s)')
+    t.add_argument('--vision-lr', type=float, help=f'tower learning rate in the instruct stage; 0 keeps it frozen, as LLaVA-1.5 '
+                   f'does (default {TrainConfig.vision_lr}; with --base --train cli+llm: 2e-6 for OneVision, 0 for LLaVA-1.5)')
     t.add_argument('--align-steps', type=int, default=0, help='stage 1: projector-only steps (default 0)')
-    t.add_argument('--batch-size', type=int, default=TrainConfig.batch_size, help='global batch size (default %(default)s)')
+    t.add_argument('--batch-size', type=int, help=f'global batch size (default {TrainConfig.batch_size}; with --base {FinetuneConfig.batch_size})')
     t.add_argument('--turns', type=int, default=TrainConfig.turns,
                    help="join an image's questions this many at a time into one multi-turn training sample (default %(default)s)")
     t.add_argument('--dtype', choices=('auto', 'bf16', 'fp32'), default='auto',
                    help='autocast dtype (default auto: bf16 on CUDA, fp32 on CPU)')
-    t.add_argument('--ckpt-every', type=int, default=TrainConfig.ckpt_every, help='checkpoint every N steps (default %(default)s)')
+    t.add_argument('--ckpt-every', type=int, help=f'checkpoint every N steps (default {TrainConfig.ckpt_every}; with --base {FinetuneConfig.ckpt_every})')
     t.add_argument('--output', metavar='DIR', help='run folder (default runs/<dataset>-<variant>-<preset>-seed<S>)')
     t.add_argument('--resume', action='store_true', help='continue the run in --output from its last checkpoint')
     t.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     t.add_argument('--device', help='cpu, cuda, cuda:1, ... (default: cuda if available)')
     t.add_argument('--eval-limit', type=int, default=0, help='evaluate on the first N test questions only (default all)')
     t.add_argument('--quiet', action='store_true', help='no progress bar')
+    f = t.add_argument_group('on a llava-hf checkpoint (--base; 15_finetune)')
+    f.add_argument('--base', metavar='DIR_OR_HUB_ID', help='a LLaVA-1.5 or LLaVA-OneVision checkpoint in Hugging Face format '
+                   '(a folder, or a hub id: honours HF_HUB_OFFLINE); needs --data')
+    f.add_argument('--train', choices=('cli', 'cli+llm'), default='cli', help='cli: the base frozen, AMP, AGF and the projector '
+                   'train (default); cli+llm: the LLM trains too (under torchrun: FSDP2)')
+    f.add_argument('--cli-lr', type=float, help=f'AMP and AGF learning rate (default {FinetuneConfig.cli_lr:g})')
+    f.add_argument('--projector-lr', type=float, help=f'projector learning rate (default {FinetuneConfig.projector_lr:g})')
+    f.add_argument('--llm-lr', type=float, help=f'LLM learning rate with --train cli+llm (default {FinetuneConfig.llm_lr:g})')
+    f.add_argument('--grad-accum', type=int, default=1, help='accumulation steps per global batch (default 1)')
+    f.add_argument('--max-len', type=int, help=f'longest sample in tokens, image included; longer ones are left out (default {FinetuneConfig.max_len})')
+    f.add_argument('--gradient-checkpointing', action=argparse.BooleanOptionalAction, default=None,
+                   help='recompute decoder layers in the backward pass (default: on CUDA)')
+    f.add_argument('--max-new-tokens', type=int, default=32, help='longest generated answer when scoring (default 32)')
     t.set_defaults(func=train_cmd)
     e = sub.add_parser('eval', parents=[common], help='evaluate a trained run on a test set')
-    e.add_argument('--checkpoint', required=True, metavar='DIR', help='a run folder (newest checkpoint) or one ckpt-* folder')
+    _model_args(e)
     _data_args(e, None)
     e.add_argument('--batch-size', type=int, default=128, help='questions per generation batch (default 128)')
     e.add_argument('--limit', type=int, default=0, help='first N test questions only (default all)')
     e.add_argument('--device', help='cpu, cuda, ... (default: cuda if available)')
+    e.add_argument('--max-new-tokens', type=int, default=32, help='with --base: longest generated answer (default 32)')
     e.set_defaults(func=eval_cmd)
     a = sub.add_parser('ask', parents=[common], help='answer one question about one image')
-    a.add_argument('--checkpoint', required=True, metavar='DIR', help='a run folder or one ckpt-* folder')
+    _model_args(a)
     a.add_argument('--image', required=True, help='image file')
     a.add_argument('--question', required=True, help='the question')
     a.add_argument('--gates', metavar='PNG', help='save the gate pictures (AGF variants) to this file')

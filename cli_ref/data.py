@@ -8,7 +8,7 @@ import concurrent.futures, json, math, os, warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from .tokenizer import IGNORE_INDEX, Tokenizer, encode_chat
+from .tokenizer import IGNORE_INDEX, ChatTemplate, Tokenizer, encode_chat
 
 # %% auto #0
 __all__ = ['IMAGE_TOKEN', 'EASY_SHAPES', 'EASY_COLORS', 'SHAPES', 'COLORS', 'TEXTURES', 'COUNT_WORDS', 'DETAIL', 'FAMILIES',
@@ -350,15 +350,20 @@ def image_transform(image_size: int, mean: Sequence[float], std: Sequence[float]
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
 class VQADataset(torch.utils.data.Dataset):
-    "Records -> dicts of `pixel_values`, `input_ids`, `labels` (answers only); see `collate`."
-    def __init__(self, records: Sequence[VQARecord], tok: Tokenizer, n_image_tokens: int, transform,
-                 template: str = 'tiny', max_len: int = 256, on_overflow: str = 'skip', prompt_only: bool = False):
+    """Records -> dicts of `pixel_values`, `input_ids`, `labels` (answers only); see `collate`. `n_image_tokens` is a
+    number, or a function of the record when images give different numbers of tokens (AnyRes, `13_llava`); a
+    `transform` that returns (pixels, (height, width)) adds `image_size` to each item."""
+    def __init__(self, records: Sequence[VQARecord], tok: Tokenizer, n_image_tokens: int | Callable[[VQARecord], int], transform,
+                 template: str | ChatTemplate = 'tiny', max_len: int = 256, on_overflow: str = 'skip', prompt_only: bool = False):
         if on_overflow not in ('skip', 'error'): raise ValueError("on_overflow must be 'skip' or 'error'")
         self.tok, self.transform, self.records, self.encoded = tok, transform, [], []
         skipped = 0
         for r in records:
             ids, labels = encode_chat(tok, r.turns, template, generation_prompt=prompt_only)
-            ids, labels = self._expand(ids, labels, n_image_tokens)
+            if tok.image_id not in ids:
+                raise DataError(f"record {r.id}: no image token after tokenising: the tokenizer does not keep "
+                                f"{tok.special['image']!r} as one token (it must be an added special token)")
+            ids, labels = self._expand(ids, labels, n_image_tokens(r) if callable(n_image_tokens) else n_image_tokens)
             if len(ids) > max_len:
                 if on_overflow == 'error':
                     raise DataError(f"record {r.id}: {len(ids)} tokens with the image is more than max_len={max_len}")
@@ -375,8 +380,9 @@ class VQADataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         ids, labels = self.encoded[i]
-        return dict(pixel_values=self.transform(self.records[i].load_image()), input_ids=torch.tensor(ids),
-                    labels=torch.tensor(labels), index=i)
+        px = self.transform(self.records[i].load_image())
+        size = dict(image_size=torch.tensor(px[1])) if isinstance(px, tuple) else {}
+        return dict(pixel_values=px[0] if size else px, input_ids=torch.tensor(ids), labels=torch.tensor(labels), index=i, **size)
 
 def collate(batch: list[dict], pad_id: int, side: str = 'right') -> dict[str, torch.Tensor]:
     "Stack images; pad ids (with `pad_id`), labels (with -100) and build the attention mask; `side='left'` for generation."
@@ -384,7 +390,12 @@ def collate(batch: list[dict], pad_id: int, side: str = 'right') -> dict[str, to
     def pad(x, value):
         p = torch.full((T - len(x),), value, dtype=x.dtype)
         return torch.cat([x, p] if side == 'right' else [p, x])
-    return dict(pixel_values=torch.stack([b['pixel_values'] for b in batch]),
+    px = [b['pixel_values'] for b in batch]
+    if px[0].dim() == 4:  # AnyRes crops (n, 3, S, S): padded with empty crops to the largest n
+        n = max(len(x) for x in px)
+        px = [torch.cat([x, x.new_zeros(n - len(x), *x.shape[1:])]) for x in px]
+    sizes = dict(image_sizes=torch.stack([b['image_size'] for b in batch])) if 'image_size' in batch[0] else {}
+    return dict(pixel_values=torch.stack(px), **sizes,
                 input_ids=torch.stack([pad(b['input_ids'], pad_id) for b in batch]),
                 labels=torch.stack([pad(b['labels'], IGNORE_INDEX) for b in batch]),
                 attention_mask=torch.stack([pad(torch.ones_like(b['input_ids']), 0) for b in batch]),

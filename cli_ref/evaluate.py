@@ -41,9 +41,11 @@ def load_run(path: str | Path, device: str | None = None) -> tuple[CrossLayerInj
     return model, tok, tcfg
 
 # %% ../nbs/09_eval.ipynb #a675488d
-def prompt_batches(model: CrossLayerInjection, tok: Tokenizer, records: list[VQARecord], tcfg: TrainConfig, batch_size: int = 128):
-    "The prompts of `records` (up to their last question), left-padded, in batches on the model's device."
-    ds = make_dataset(records, tok, model.cfg, tcfg, prompt_only=True)
+def prompt_batches(model: CrossLayerInjection, tok: Tokenizer, records: list[VQARecord], tcfg: TrainConfig, batch_size: int = 128,
+                   make=make_dataset):
+    """The prompts of `records` (up to their last question), left-padded, in batches on the model's device. `make`
+    builds the dataset (a llava-hf base has its own chat format and image processing: `15_finetune`)."""
+    ds = make(records, tok, model.cfg, tcfg, prompt_only=True)
     if len(ds) != len(records): raise ValueError(f"{len(records) - len(ds)} prompts are longer than max_len={tcfg.max_len}")
     dev = next(model.parameters()).device
     for i in range(0, len(ds), batch_size):
@@ -52,11 +54,11 @@ def prompt_batches(model: CrossLayerInjection, tok: Tokenizer, records: list[VQA
 
 @torch.no_grad()
 def answer(model: CrossLayerInjection, tok: Tokenizer, records: list[VQARecord], tcfg: TrainConfig,
-           batch_size: int = 128, max_new_tokens: int = 8) -> list[str]:
-    "Greedy answers to the last question of each record."
+           batch_size: int = 128, max_new_tokens: int = 8, make=make_dataset) -> list[str]:
+    "Greedy answers to the last question of each record, each stopped at the tokenizer's end token."
     out = []
-    for b in prompt_batches(model, tok, records, tcfg, batch_size):
-        gen = model.generate(b['pixel_values'], b['input_ids'], b['attention_mask'],
+    for b in prompt_batches(model, tok, records, tcfg, batch_size, make):
+        gen = model.generate(b['pixel_values'], b['input_ids'], b['attention_mask'], image_sizes=b.get('image_sizes'),
                              max_new_tokens=max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id)
         out += [tok.decode(row.tolist()).strip() for row in gen]
     return out
@@ -102,12 +104,12 @@ def evaluate(model, tok, records, tcfg, out: str | Path | None = None, **kw) -> 
 # %% ../nbs/09_eval.ipynb #887ed4f4
 @torch.no_grad()
 def ask(model: CrossLayerInjection, tok: Tokenizer, image, question: str, tcfg: TrainConfig,
-        max_new_tokens: int = 16, gates_png: str | Path | None = None) -> dict:
+        max_new_tokens: int = 16, gates_png: str | Path | None = None, make=make_dataset) -> dict:
     "Answer `question` about `image` (path or RGB array); with `gates_png`, save the gate pictures there."
     rec = VQARecord('ask', image, [(question if '<image>' in question else f'<image>\n{question}', '')])
-    b = next(prompt_batches(model, tok, [rec], tcfg))
+    b = next(prompt_batches(model, tok, [rec], tcfg, make=make))
     trace = []
-    gen = model.generate(b['pixel_values'], b['input_ids'], max_new_tokens=max_new_tokens,
+    gen = model.generate(b['pixel_values'], b['input_ids'], image_sizes=b.get('image_sizes'), max_new_tokens=max_new_tokens,
                          eos_id=tok.eos_id, pad_id=tok.pad_id, trace=trace)[0].tolist()
     out = dict(answer=tok.decode(gen).strip())
     n_inj = len(model.cfg.injection_layers)

@@ -19,18 +19,19 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
 from transformers.image_utils import ChannelDimension
 
+from .agf import upgrade_agf_state
 from .core import load_state_checked
 from .llm import LLMConfig, llm_config_from_hf
 from .vit import ViTConfig, convert_hf_vision_state, vit_config_from_hf
 from .vlm import CrossLayerInjection, VLMConfig, load_shared, n_params, param_groups, pool_tokens
 
 # %% auto #0
-__all__ = ['llava_config', 'convert_llava_state', 'load_llava', 'clip_transform', 'anyres_grid', 'anyres_transform',
-           'anyres_layout', 'n_anyres_tokens', 'pack_anyres', 'anyres_banks', 'AnyResVLM', 'attach_cli',
-           'cli_parameters', 'save_adapter', 'load_adapter', 'memory_plan']
+__all__ = ['checkpoint_folder', 'llava_config', 'convert_llava_state', 'load_llava', 'clip_transform', 'anyres_grid',
+           'anyres_transform', 'anyres_layout', 'n_anyres_tokens', 'pack_anyres', 'anyres_banks', 'AnyResVLM',
+           'attach_cli', 'cli_parameters', 'save_adapter', 'load_adapter', 'memory_plan']
 
 # %% ../nbs/13_llava.ipynb #40932eb9
-def _hub_or_local(path_or_id: str | Path) -> Path:
+def checkpoint_folder(path_or_id: str | Path) -> Path:
     "A local folder, or a hub id resolved through huggingface_hub (offline when HF_HUB_OFFLINE=1)."
     p = Path(path_or_id)
     if p.is_dir(): return p
@@ -44,7 +45,7 @@ def _hub_or_local(path_or_id: str | Path) -> Path:
 def llava_config(path_or_id: str | Path, **overrides) -> VLMConfig:
     "A `VLMConfig` (variant `baseline` unless overridden) for a Hugging Face LLaVA-1.5 or LLaVA-OneVision checkpoint."
     from transformers import AutoConfig
-    folder = _hub_or_local(path_or_id)
+    folder = checkpoint_folder(path_or_id)
     if not (folder / 'config.json').is_file():
         raise FileNotFoundError(f"{path_or_id} is not a llava-hf checkpoint: it has no config.json")
     try: hf = AutoConfig.from_pretrained(str(folder))
@@ -100,7 +101,7 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def load_llava(path_or_id: str | Path, dtype: torch.dtype | None = None, device: str | None = None, **overrides) -> CrossLayerInjection:
     "Our `CrossLayerInjection` (baseline unless `variant=` says otherwise) with a LLaVA checkpoint's weights."
-    folder = _hub_or_local(path_or_id)
+    folder = checkpoint_folder(path_or_id)
     cfg = llava_config(folder, **overrides)
     with torch.device('meta'): model = AnyResVLM(cfg) if cfg.anyres else CrossLayerInjection(cfg)
     try: sd = convert_llava_state(_read_safetensors(folder))
@@ -232,16 +233,19 @@ def cli_parameters(model: CrossLayerInjection) -> dict[str, torch.Tensor]:
     "The CLI adapter: AMP's branches and AGF (with the shared visual K/V)."
     return {n: p for n, p in model.named_parameters() if n.startswith(('amp.lora.', 'agf.', 'bank_kv.'))}
 
-def save_adapter(model: CrossLayerInjection, folder: str | Path) -> Path:
-    "Write the CLI modules alone (adapter.safetensors) and the config (adapter.json)."
+def save_adapter(model: CrossLayerInjection, folder: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the CLI modules alone (adapter.safetensors), or `tensors` (all a run trained: the projector, the LLM),
+    and the config (adapter.json)."""
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in cli_parameters(model).items()}, folder / 'adapter.safetensors')
+    tensors = cli_parameters(model) if tensors is None else tensors
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, folder / 'adapter.safetensors')
     (folder / 'adapter.json').write_text(model.cfg.to_json())
     return folder
 
 def load_adapter(base: CrossLayerInjection, folder: str | Path) -> CrossLayerInjection:
-    "Attach a saved CLI adapter to a loaded base model."
+    "Attach a saved CLI adapter to a loaded base model; any base tensors it holds (a trained projector or LLM) replace the base's."
     folder = Path(folder)
+    if not (folder / 'adapter.json').is_file(): raise FileNotFoundError(f"{folder} holds no adapter (adapter.json, adapter.safetensors)")
     cfg = VLMConfig.from_json((folder / 'adapter.json').read_text())
     if cfg.vit != base.cfg.vit or cfg.llm != base.cfg.llm:
         raise ValueError(f"adapter {folder} was trained on another base model (tower or LLM config differs)")
@@ -251,12 +255,13 @@ def load_adapter(base: CrossLayerInjection, folder: str | Path) -> CrossLayerInj
     keep = ('variant', 'vision_layers', 'n_vision_layers', 'lora_rank', 'lora_alpha', 'lora_on', 'inject_layers', 'inject_every', 'inject_start',
             'agf_dim', 'agf_heads', 'agf_tau', 'share_kv', 'bank_pool')
     model = attach_cli(base, **{k: getattr(cfg, k) for k in keep})
-    sd = load_file(folder / 'adapter.safetensors')
-    own = cli_parameters(model)
-    bad = sorted(set(sd) ^ set(own)) + [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    sd = upgrade_agf_state(load_file(folder / 'adapter.safetensors'))
+    params = dict(model.named_parameters())
+    bad = sorted(set(cli_parameters(model)) - set(sd)) + sorted(set(sd) - set(params))
+    bad += [k for k in sd if k in params and sd[k].shape != params[k].shape]
     if bad: raise ValueError(f"adapter {folder / 'adapter.safetensors'} does not fit: {bad}")
     with torch.no_grad():
-        for k, v in sd.items(): own[k].copy_(v)
+        for k, v in sd.items(): params[k].copy_(v)
     return model
 
 # %% ../nbs/13_llava.ipynb #0cbfb01f

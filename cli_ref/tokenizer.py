@@ -18,14 +18,15 @@ __all__ = ['IGNORE_INDEX', 'TEMPLATES', 'Tokenizer', 'train_bpe', 'ChatTemplate'
 # %% ../nbs/02_tokenizer.ipynb #1a5b2929
 class Tokenizer:
     "A `tokenizers.Tokenizer` plus the special tokens the VLM needs."
-    def __init__(self, tok: HFTokenizer, pad: str = '<pad>', bos: str = '<s>', eos: str = '</s>',
+    def __init__(self, tok: HFTokenizer, pad: str = '<pad>', bos: str | None = '<s>', eos: str = '</s>',
                  image: str = '<image>', source: str = 'tokenizer'):
+        "`bos=None` for vocabularies without one (Qwen2: its chat template starts with `<|im_start|>`); `bos_id` is then None."
         self.tok, self.special = tok, dict(pad=pad, bos=bos, eos=eos, image=image)
         for role, name in self.special.items():
-            if tok.token_to_id(name) is None:
+            if name is not None and tok.token_to_id(name) is None:
                 raise ValueError(f"{source}: special token {name!r} ({role}) is not in the vocabulary; "
                                  f"pass {role}=<the name it uses> or add the token")
-        self.pad_id, self.bos_id, self.eos_id, self.image_id = (tok.token_to_id(n) for n in self.special.values())
+        self.pad_id, self.bos_id, self.eos_id, self.image_id = (None if n is None else tok.token_to_id(n) for n in self.special.values())
 
     @property
     def vocab_size(self) -> int: return self.tok.get_vocab_size(with_added_tokens=True)
@@ -83,6 +84,7 @@ def encode_chat(tok: Tokenizer, turns: Sequence[tuple[str, str]], template: Chat
     """(ids, labels) of a conversation; labels are `IGNORE_INDEX` except on answers and their end token.
     With `generation_prompt` the last turn's answer is left out: the ids end where the model must answer."""
     t = TEMPLATES[template] if isinstance(template, str) else template
+    if t.bos and tok.bos_id is None: raise ValueError("this chat template starts with BOS, and the tokenizer has none")
     ids = [tok.bos_id] if t.bos else []
     labels = [IGNORE_INDEX] * len(ids)
     def add(text, train):

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from .agf import upgrade_agf_state
 from .core import ConfigMixin, autocast, default_device, load_state_checked, set_seed
 from .data import (DataError, VQADataset, check_images, collate, easy_vqa_image_labels, group_turns, image_transform,
                           load_easy_vqa, load_llava_json, load_shapes)
@@ -24,9 +25,9 @@ from .tokenizer import IGNORE_INDEX, TEMPLATES, Tokenizer, train_bpe
 from .vlm import CrossLayerInjection, VLMConfig, causal_lm_loss, param_groups
 
 # %% auto #0
-__all__ = ['DATASETS', 'TrainConfig', 'lr_factor', 'batch_indices', 'load_data', 'build_tokenizer', 'make_dataset',
-           'save_checkpoint', 'latest_checkpoint', 'load_model_weights', 'load_optimizer', 'TrainingError',
-           'pretrain_vit', 'model_config', 'train', 'plot_loss']
+__all__ = ['DATASETS', 'TrainConfig', 'lr_factor', 'batch_indices', 'load_data', 'llava_split', 'build_tokenizer', 'make_dataset',
+           'write_checkpoint', 'save_checkpoint', 'latest_checkpoint', 'load_model_weights', 'load_optimizer',
+           'TrainingError', 'pretrain_vit', 'readable_records', 'backward_batch', 'model_config', 'train', 'plot_loss']
 
 # %% ../nbs/08_train.ipynb #88a6839d
 DATASETS = ('easy-vqa', 'shapes')
@@ -117,19 +118,22 @@ def load_data(cfg: TrainConfig, train: bool = True):
         if not train: return [], test, None
         recs, labels, images = load_shapes('train', n=cfg.shapes_images or None, detail=cfg.detail)
         return recs, test, (images, labels)
-    if not cfg.data or not cfg.image_folder:
-        raise DataError("the llava dataset needs --data FILE.json and --image-folder DIR")
-    recs = load_llava_json(cfg.data, cfg.image_folder)
-    if not recs: raise DataError(f"{cfg.data}: no records (an empty list); nothing to train on")
-    if cfg.test_data:
-        test = load_llava_json(cfg.test_data, cfg.image_folder)
-        if not test: raise DataError(f"{cfg.test_data}: no records (an empty list); nothing to test on")
-        return (recs if train else []), test, None
+    return (*llava_split(cfg.data, cfg.test_data, cfg.image_folder, train), None)
+
+def llava_split(data: str, test_data: str, image_folder: str, train: bool = True) -> tuple[list, list]:
+    "(train records, test records) of LLaVA-format files; without `test_data` the last 10% of `data` is the test set."
+    if not data or not image_folder: raise DataError("LLaVA-format data needs --data FILE.json and --image-folder DIR")
+    recs = load_llava_json(data, image_folder)
+    if not recs: raise DataError(f"{data}: no records (an empty list); nothing to train on")
+    if test_data:
+        test = load_llava_json(test_data, image_folder)
+        if not test: raise DataError(f"{test_data}: no records (an empty list); nothing to test on")
+        return (recs if train else []), test
     if len(recs) < 2:
-        raise DataError(f"{cfg.data}: {len(recs)} record; holding out 10% as the test set needs at least 2 "
+        raise DataError(f"{data}: {len(recs)} record; holding out 10% as the test set needs at least 2 "
                         f"(or give --test-data FILE.json)")
     cut = len(recs) - max(1, len(recs) // 10)
-    return recs[:cut], recs[cut:], None
+    return recs[:cut], recs[cut:]
 
 def build_tokenizer(records, vocab_size: int, template: str | None = None) -> Tokenizer:
     """A BPE trained on the questions and answers; with `template`, on them as that chat template writes them, so its
@@ -152,25 +156,32 @@ def _tensors_for_save(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         seen.add(key); out[k] = v.detach().contiguous().cpu()
     return out
 
-def save_checkpoint(out_dir: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer | None, state: dict,
-                    keep_last: int = 2) -> Path:
-    "Write `ckpt-{step}` atomically and delete all but the newest `keep_last`."
+def write_checkpoint(out_dir: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict,
+                     texts: dict[str, str] | None = None, keep_last: int = 2) -> Path:
+    """Write `ckpt-{step}` (safetensors files `tensors`, `state.json`, small text files) into a temporary folder and
+    rename it: a reader never sees half a checkpoint. All but the newest `keep_last` are deleted."""
     final = out_dir / f'ckpt-{step:06d}'
     tmp = out_dir / f'.tmp-ckpt-{step:06d}'
     shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    save_file(_tensors_for_save(model.state_dict()), tmp / 'model.safetensors')
+    for name, sd in tensors.items(): save_file(sd, tmp / name)
+    for name, text in (texts or {}).items(): (tmp / name).write_text(text)
+    (tmp / 'state.json').write_text(json.dumps(state, indent=1))
+    if final.exists(): shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(out_dir.glob('ckpt-*'))[:-keep_last]: shutil.rmtree(old)
+    return final
+
+def save_checkpoint(out_dir: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer | None, state: dict,
+                    keep_last: int = 2) -> Path:
+    "A training run's checkpoint: the whole model, the optimizer's moments and the torch RNG."
     extra = {'rng.torch': torch.get_rng_state()}
     if opt is not None:
         osd = opt.state_dict()
         for i, s in osd['state'].items():
             for name, t in s.items(): extra[f'opt.{i}.{name}'] = t.detach().contiguous().cpu()
         state = {**state, 'opt_groups': [{k: v for k, v in g.items() if k != 'params'} for g in osd['param_groups']]}
-    save_file(extra, tmp / 'optim.safetensors')
-    (tmp / 'state.json').write_text(json.dumps(state, indent=1))
-    if final.exists(): shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in sorted(out_dir.glob('ckpt-*'))[:-keep_last]: shutil.rmtree(old)
-    return final
+    return write_checkpoint(out_dir, step, {'model.safetensors': _tensors_for_save(model.state_dict()),
+                                            'optim.safetensors': extra}, state, keep_last=keep_last)
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
     ckpts = sorted(p for p in Path(out_dir).glob('ckpt-*') if (p / 'state.json').exists())
@@ -183,7 +194,7 @@ def load_model_weights(model: nn.Module, ckpt: Path) -> nn.Module:
     except FileNotFoundError: raise FileNotFoundError(f"no model weights at {path}") from None
     except Exception as e: raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
     aliases = [k for k in model.state_dict() if k not in _tensors_for_save(model.state_dict())]
-    return load_state_checked(model, sd, str(path), ignore_missing=aliases)
+    return load_state_checked(model, upgrade_agf_state(sd), str(path), ignore_missing=aliases)
 
 def load_optimizer(opt: torch.optim.Optimizer, ckpt: Path, state: dict) -> None:
     "Restore optimizer moments, hyperparameters and the torch RNG from a checkpoint."
@@ -256,6 +267,37 @@ def _check_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> Path | None
                             f"resume with the same options or choose another --output")
     return ckpt
 
+def readable_records(records, policy: str, out_dir: Path, main_process: bool = True, progress: bool = True) -> list:
+    """Every image opened once now, so that no run dies on a bad one hours in; with `policy='skip'` the records of
+    unreadable images are left out and listed in the run folder's `skipped_images.json`."""
+    records, bad = check_images(records, policy, progress=progress and main_process)
+    if bad and main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / 'skipped_images.json').write_text(json.dumps(bad, indent=1))
+        print(f"skipped {len(bad)} record(s) with unreadable images (listed in {out_dir / 'skipped_images.json'})")
+    return records
+
+def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, dev) -> tuple[float, int]:
+    """Forward and backward over this process's micro-batches of one global batch. The loss is the sum over the
+    answer tokens of all processes divided by their number, so that any split over processes and accumulation steps
+    gives the same gradient (DDP and FSDP average over processes: multiplying by `world` undoes that).
+    Returns (that loss, the tokens this process read)."""
+    n_tok = torch.tensor(float(sum((b['labels'][:, 1:] != IGNORE_INDEX).sum() for b in micro)), device=dev)
+    if world > 1: dist.all_reduce(n_tok)
+    loss_sum, tokens = torch.zeros((), device=dev), 0
+    for k, b in enumerate(micro):
+        b = {key: v.to(dev) for key, v in b.items()}
+        sync = k == len(micro) - 1 or not hasattr(net, 'no_sync')  # DDP: all-reduce once, after the last micro-batch
+        with (nullcontext() if sync else net.no_sync()):
+            with autocast(dtype, dev):
+                logits = net(b['pixel_values'], b['input_ids'], b['attention_mask'], image_sizes=b.get('image_sizes'))
+            ls = causal_lm_loss(logits, b['labels'], reduction='sum')
+            (ls / n_tok * world).backward()
+        loss_sum += ls.detach()
+        tokens += int(b['attention_mask'].sum())
+    if world > 1: dist.all_reduce(loss_sum)
+    return (loss_sum / n_tok).item(), tokens
+
 def model_config(cfg: TrainConfig, tok: Tokenizer) -> VLMConfig:
     "The model config of a run: the preset's, with the tokenizer's vocabulary and image id."
     m = VLMConfig.from_dict(cfg.model.to_dict())
@@ -272,12 +314,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
     if cfg.batch_size % (world * cfg.grad_accum): raise ValueError(f"batch_size must divide by processes x grad_accum ({world * cfg.grad_accum})")
     set_seed(cfg.seed)
     train_recs, _, pretrain = load_data(cfg)
-    if cfg.dataset == 'llava':  # every image opened once now, so that no run dies on a bad one hours in
-        train_recs, bad = check_images(train_recs, cfg.bad_images, progress=progress and rank == 0)
-        if bad and rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / 'skipped_images.json').write_text(json.dumps(bad, indent=1))
-            print(f"skipped {len(bad)} record(s) with unreadable images (listed in {out_dir / 'skipped_images.json'})")
+    if cfg.dataset == 'llava': train_recs = readable_records(train_recs, cfg.bad_images, out_dir, rank == 0, progress)
     train_recs = group_turns(train_recs, cfg.turns, cfg.seed)
     if (out_dir / 'tokenizer.json').exists() and ckpt: tok = Tokenizer.from_file(out_dir / 'tokenizer.json')
     else: tok = build_tokenizer(train_recs, cfg.vocab_size)
@@ -322,22 +359,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
         for s_step in range(s_step, stage['steps']):
             idx = batch_indices(len(ds), seen, cfg.batch_size, cfg.seed)[rank::world]
             micro = [collate([ds[i] for i in idx[k::cfg.grad_accum]], tok.pad_id) for k in range(cfg.grad_accum)]
-            n_tok = torch.tensor(float(sum((b['labels'][:, 1:] != IGNORE_INDEX).sum() for b in micro)), device=dev)
-            if world > 1: dist.all_reduce(n_tok)
             for g in opt.param_groups: g['lr'] = g['base_lr'] * lr_factor(s_step, stage['steps'], cfg.warmup)
-            loss_sum = torch.zeros((), device=dev)
-            for k, b in enumerate(micro):
-                b = {key: v.to(dev) for key, v in b.items()}
-                sync = k == len(micro) - 1 or world == 1
-                with (nullcontext() if sync else net.no_sync()):
-                    with autocast(cfg.dtype, dev):
-                        logits = net(b['pixel_values'], b['input_ids'], b['attention_mask'])
-                    ls = causal_lm_loss(logits, b['labels'], reduction='sum')
-                    (ls / n_tok * world).backward()  # DDP averages over processes: undo that, normalise globally
-                loss_sum += ls.detach()
-                tok_count += int(b['attention_mask'].sum())
-            if world > 1: dist.all_reduce(loss_sum)
-            loss = (loss_sum / n_tok).item()
+            loss, n = backward_batch(net, micro, world, cfg.dtype, dev)
+            tok_count += n
             if not math.isfinite(loss):
                 last = latest_checkpoint(out_dir)
                 raise TrainingError(f"loss is {loss} at step {step + 1}: training stopped; the last good checkpoint is "
