@@ -17,8 +17,9 @@ from .vit import ATTENTION_IMPLS, use_attention
 from .vlm import CrossLayerInjection, VLMConfig, causal_lm_loss, n_params
 
 # %% auto #0
-__all__ = ['timeit', 'matmul_peak', 'train_step_fn', 'step_flops', 'forward_flops', 'train_memory', 'hf_llava_like', 'hf_step_fn',
-           'run_bench', 'format_bench', 'image_check_speed']
+__all__ = ['REAL_SIZES', 'timeit', 'matmul_peak', 'train_step_fn', 'step_flops', 'forward_flops', 'train_memory', 'hf_llava_like',
+           'hf_step_fn', 'run_bench', 'format_bench', 'real_size_config', 'real_size_bench', 'format_real_size',
+           'image_check_speed']
 
 # %% ../nbs/14_bench.ipynb #c2a9b533
 def timeit(fn, repeats: int = 5, warmup: int = 1, device: torch.device | None = None) -> float:
@@ -207,6 +208,90 @@ def format_bench(res: dict) -> str:
     out += [f"| {k} | {v['sdpa_s']:.3f} | {v['matmul_s']:.3f} | {v['matmul_over_sdpa']:.2f} |" for k, v in res['attention'].items()]
     out += ['', '| generation, 64 new tokens | tokens/s with KV cache | without | speed-up |', '|---|---|---|---|']
     out += [f"| {k} | {v['tokens_per_s_cache']:.0f} | {v['tokens_per_s_no_cache']:.0f} | {v['speedup']:.1f}x |" for k, v in res['generate'].items()]
+    return '\n'.join(out)
+
+# %% ../nbs/14_bench.ipynb #2662cd9a
+REAL_SIZES = ('llava15_7b', 'ov_0_5b', 'ov_7b')
+
+def real_size_config(preset: str, layers: int | None = None, vocab: int | None = None) -> VLMConfig:
+    "A real shape's baseline config with one crop per image; `layers` and `vocab` cut it for the CPU's quick mode."
+    c = VLMConfig.preset(preset, variant='baseline', anyres=()).to_dict()
+    if layers: c['llm']['n_layers'], c['vit']['depth'] = layers, max(2, layers)
+    if vocab: c['llm']['vocab_size'], c['image_token_id'] = vocab, vocab - 1
+    return VLMConfig.from_dict(c)
+
+def _real_step(model, fc, batch, dev, repeats: int) -> dict:
+    "Seconds and peak GB (CUDA) of one `finetune` step of `model` in mode `fc.train`."
+    from cli_ref.finetune import _prepare
+    from cli_ref.train import backward_batch
+    if dev.type == 'cuda': torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(dev)
+    net, opt = _prepare(model, fc, dev, 1)
+    trainable = [p for g in opt.param_groups for p in g['params']]
+    def step():
+        backward_batch(net, [batch], 1, fc.dtype, dev)
+        torch.nn.utils.clip_grad_norm_(trainable, fc.clip); opt.step(); opt.zero_grad(set_to_none=True)
+    s = timeit(step, repeats=repeats, warmup=1 if repeats > 1 else 0, device=dev)
+    return dict(step_s=s, peak_gb=torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == 'cuda' else None)
+
+def _hf_real_step(cfg: VLMConfig, train: str, batch, dev, dtype: str, repeats: int) -> dict:
+    "The same step for transformers' LLaVA of these dimensions: the projector (and the LLM) train, the tower frozen."
+    hf = hf_llava_like(cfg).to(dev)
+    for n, p in hf.named_parameters():
+        p.requires_grad_('multi_modal_projector' in n or (train == 'cli+llm' and 'vision_tower' not in n))
+        if not p.requires_grad and dev.type == 'cuda': p.data = p.data.to(torch.bfloat16)
+    if dev.type == 'cuda': hf.gradient_checkpointing_enable(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(dev)
+    hf.train()
+    opt = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-5, fused=True)
+    def step():
+        with autocast(dtype, dev):
+            logits = hf(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'], pixel_values=batch['pixel_values']).logits
+        causal_lm_loss(logits, batch['labels']).backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    s = timeit(step, repeats=repeats, warmup=1 if repeats > 1 else 0, device=dev)
+    return dict(step_s=s, peak_gb=torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == 'cuda' else None)
+
+def real_size_bench(presets=REAL_SIZES, batch: int = 1, text: int = 128, device: str | None = None, quick: bool = False,
+                    repeats: int = 3) -> dict:
+    "One `--train cli` and one `--train cli+llm` step at each real size: memory against the plan, speed, CLI / baseline, ours / transformers."
+    from cli_ref.finetune import FinetuneConfig, cli_defaults, memory_plan
+    from cli_ref.llava import attach_cli
+    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    dtype = 'bf16' if dev.type == 'cuda' else 'fp32'
+    res = dict(machine=dict(device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else platform.processor() or platform.machine(),
+                            cpus=os.cpu_count(), torch=torch.__version__), date=datetime.date.today().isoformat(), commit=_commit(),
+               quick=quick, batch=batch, text_tokens=text, dtype=dtype, rows=[])
+    for preset in presets:
+        cfg = real_size_config(preset, *((1, 1024) if quick else ()))
+        px, ids, labels = _batch(cfg, batch, text, dev)
+        labels[:, :-text // 2] = -100                    # the answer: the last half of the text
+        b = dict(pixel_values=px, input_ids=ids, labels=labels, attention_mask=torch.ones_like(ids))
+        for train in ('cli', 'cli+llm'):
+            fc = FinetuneConfig(train=train, dtype=dtype)
+            row = dict(preset=preset, train=train, seq=ids.shape[1])
+            for variant in ('baseline', 'cli'):
+                torch.manual_seed(0)
+                with torch.device(dev): model = CrossLayerInjection(cfg)
+                if variant == 'cli': model = attach_cli(model, **cli_defaults(cfg))
+                row[variant] = _real_step(model, fc, b, dev, 1 if quick else repeats)
+                del model
+            row['hf'] = _hf_real_step(cfg, train, b, dev, dtype, 1 if quick else repeats)
+            plan = memory_plan(VLMConfig.from_dict({**cfg.to_dict(), 'variant': 'cli', **cli_defaults(cfg)}), batch, text, train)
+            row.update(tokens_per_s=batch * ids.shape[1] / row['cli']['step_s'], cli_over_baseline=row['cli']['step_s'] / row['baseline']['step_s'],
+                       ours_over_hf=row['baseline']['step_s'] / row['hf']['step_s'],
+                       plan_gb=plan['peak_gb_ckpt' if dev.type == 'cuda' else 'peak_gb'])
+            if row['cli']['peak_gb']: row['peak_over_plan'] = row['cli']['peak_gb'] / row['plan_gb']
+            res['rows'].append(row)
+    return res
+
+def format_real_size(res: dict) -> str:
+    "A markdown table of `real_size_bench`'s results."
+    m = res['machine']
+    out = [f"{m['device']}, torch {m['torch']}, {res['dtype']}; {res['date']}, commit {res['commit']}; batch {res['batch']}, "
+           f"one crop + {res['text_tokens']} text tokens{' (quick: layers and vocabulary cut, not a measurement)' if res['quick'] else ''}", '',
+           '| preset | train | seq | CLI step (s) | tokens/s | CLI / baseline | ours / transformers | peak GB | plan GB | peak / plan |',
+           '|---|---|---|---|---|---|---|---|---|---|']
+    f = lambda x, p='.2f': '-' if x is None else format(x, p)
+    out += [f"| {r['preset']} | {r['train']} | {r['seq']} | {r['cli']['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['cli_over_baseline']:.2f} | "
+            f"{r['ours_over_hf']:.2f} | {f(r['cli']['peak_gb'], '.1f')} | {r['plan_gb']:.1f} | {f(r.get('peak_over_plan'))} |" for r in res['rows']]
     return '\n'.join(out)
 
 # %% ../nbs/14_bench.ipynb #imgcheckcd1

@@ -135,7 +135,17 @@ def experiment_cmd(args) -> None:
 
 # %% ../nbs/11_cli.ipynb #8f2a482e
 def bench_cmd(args) -> None:
-    from cli_ref.bench import format_bench, image_check_speed, run_bench
+    from cli_ref.bench import format_bench, format_real_size, image_check_speed, real_size_bench, run_bench
+    if args.real_size:
+        res = real_size_bench(batch=args.batch_size if args.batch_size != 32 else 1, device=args.device, quick=args.quick,
+                              **({'presets': ('ov_0_5b',)} if args.quick else {}))
+        print(format_real_size(res))
+        if not args.quick:  # quick mode tests the code; its numbers are not measurements
+            name = ''.join(ch if ch.isalnum() else '_' for ch in res['machine']['device'].lower()).strip('_')
+            path = Path(args.results) / f'bench_realsize_{name}.json'
+            path.parent.mkdir(parents=True, exist_ok=True); path.write_text(json.dumps(res, indent=1))
+            print(f"written to {path}")
+        return
     if args.images:
         rows = image_check_speed()
         out = Path(args.results); out.mkdir(parents=True, exist_ok=True)
@@ -234,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--device', help='cpu, cuda, ... (default: cuda if available)')
     b.add_argument('--results', default='data/results', help='output folder (default %(default)s)')
     b.add_argument('--images', action='store_true', help="only how fast a data set's images are checked (image_check.json)")
+    b.add_argument('--real-size', action='store_true', help='one --train cli and one --train cli+llm step at LLaVA-1.5-7B, OneVision '
+                   '0.5B and 7B, random weights (a GPU; batch 1 unless --batch-size): memory against memory_plan, speed, CLI / '
+                   'baseline, ours / transformers; writes data/results/bench_realsize_<device>.json')
+    b.add_argument('--quick', action='store_true', help='with --real-size: layers and vocabulary cut, OneVision 0.5B only: the same '
+                   'code in about a minute on a CPU (a test, not a measurement)')
     b.set_defaults(func=bench_cmd)
     return p
 

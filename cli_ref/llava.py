@@ -28,7 +28,7 @@ from .vlm import CrossLayerInjection, VLMConfig, load_shared, n_params, param_gr
 # %% auto #0
 __all__ = ['checkpoint_folder', 'llava_config', 'convert_llava_state', 'load_llava', 'clip_transform', 'anyres_grid',
            'anyres_transform', 'anyres_layout', 'n_anyres_tokens', 'pack_anyres', 'anyres_banks', 'AnyResVLM',
-           'attach_cli', 'cli_parameters', 'save_adapter', 'load_adapter', 'memory_plan']
+           'attach_cli', 'cli_parameters', 'save_adapter', 'load_adapter']
 
 # %% ../nbs/13_llava.ipynb #40932eb9
 def checkpoint_folder(path_or_id: str | Path) -> Path:
@@ -263,24 +263,3 @@ def load_adapter(base: CrossLayerInjection, folder: str | Path) -> CrossLayerInj
     with torch.no_grad():
         for k, v in sd.items(): params[k].copy_(v)
     return model
-
-# %% ../nbs/13_llava.ipynb #0cbfb01f
-def memory_plan(preset: str, batch: int = 1, text_tokens: int = 128, **overrides) -> dict:
-    "Estimated peak training memory (GB) of CLI's modules on a frozen base, with and without checkpointing."
-    c = VLMConfig.preset(preset, variant='cli', **overrides)
-    with torch.device('meta'): m = AnyResVLM(c) if c.anyres else CrossLayerInjection(c)
-    total, cli_n = n_params(m), sum(p.numel() for p in cli_parameters(m).values())
-    n_img = max(n_anyres_tokens(c, g) for g in c.anyres) if c.anyres else c.n_image_tokens  # the largest crop grid
-    s, h, L = n_img + text_tokens, c.llm.dim, c.llm.n_layers
-    n = c.vit.image_size // c.vit.patch_size
-    bank_len = n * n + (max(gh * gw for gh, gw in c.anyres) // c.vit.image_size ** 2 * math.ceil(n / c.bank_pool) ** 2
-                        if c.anyres else 0)
-    weights = 2 * total
-    optim = 16 * cli_n
-    act_full = batch * L * 34 * s * h                 # SDPA's fused kernels keep no (s x s) score matrix
-    act_ckpt = batch * (L * 2 * s * h + 34 * s * h)
-    agf = batch * len(c.injection_layers) * 2 * len(c.bank_layers) * s * h * 4  # z per bank, fp32-ish
-    agf += batch * len(c.bank_layers) * bank_len * (h + 2 * c.attn_dim) * 2    # banks and their keys/values, bf16
-    gb = lambda x: x / 2 ** 30
-    return dict(preset=preset, params=total, cli_params=cli_n, cli_frac=cli_n / total, seq=s, bank_tokens=bank_len,
-                peak_gb=gb(weights + optim + act_full + agf), peak_gb_ckpt=gb(weights + optim + act_ckpt + agf))

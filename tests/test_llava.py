@@ -4,7 +4,8 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from cli_ref.llava import attach_cli, cli_parameters, llava_config, load_adapter, load_llava, memory_plan, save_adapter
+from cli_ref.finetune import memory_plan
+from cli_ref.llava import attach_cli, cli_parameters, llava_config, load_adapter, load_llava, save_adapter
 
 @pytest.fixture(scope='module', params=[(4, 4, -2), (4, 1, -1), (8, 2, -3)])
 def pair(request, tmp_path_factory):
@@ -64,6 +65,8 @@ def test_bad_checkpoints_name_the_problem(pair, tmp_path):
 def test_memory_plan_on_meta():
     mp = memory_plan('llava15_7b')
     assert 6.5e9 < mp['params'] < 7.5e9 and 0 < mp['cli_frac'] < 0.05 and mp['peak_gb_ckpt'] < mp['peak_gb']
+    full, sharded = memory_plan('llava15_7b', train='cli+llm'), memory_plan('llava15_7b', train='cli+llm', gpus=8)
+    assert full['trained_params'] > 0.9 * full['params'] and full['peak_gb'] > 5 * sharded['peak_gb']
 
 # --- LLaVA-OneVision: SigLIP + Qwen2, AnyRes crops, unpadding, image newline ---
 import numpy as np
