@@ -378,11 +378,19 @@ class VQADataset(torch.utils.data.Dataset):
 
     def __len__(self): return len(self.records)
 
-    def __getitem__(self, i):
+    def text(self, i) -> dict:
+        "Item `i` without its image: `input_ids`, `labels`, `index` (training from a feature cache, `08_train`)."
         ids, labels = self.encoded[i]
-        px = self.transform(self.records[i].load_image())
+        return dict(input_ids=torch.tensor(ids), labels=torch.tensor(labels), index=i)
+
+    def image(self, i):
+        "Item `i`'s image through the transform."
+        return self.transform(self.records[i].load_image())
+
+    def __getitem__(self, i):
+        px = self.image(i)
         size = dict(image_size=torch.tensor(px[1])) if isinstance(px, tuple) else {}
-        return dict(pixel_values=px[0] if size else px, input_ids=torch.tensor(ids), labels=torch.tensor(labels), index=i, **size)
+        return dict(pixel_values=px[0] if size else px, **self.text(i), **size)
 
 def collate(batch: list[dict], pad_id: int, side: str = 'right') -> dict[str, torch.Tensor]:
     "Stack images; pad ids (with `pad_id`), labels (with -100) and build the attention mask; `side='left'` for generation."
@@ -390,12 +398,15 @@ def collate(batch: list[dict], pad_id: int, side: str = 'right') -> dict[str, to
     def pad(x, value):
         p = torch.full((T - len(x),), value, dtype=x.dtype)
         return torch.cat([x, p] if side == 'right' else [p, x])
-    px = [b['pixel_values'] for b in batch]
-    if px[0].dim() == 4:  # AnyRes crops (n, 3, S, S): padded with empty crops to the largest n
-        n = max(len(x) for x in px)
-        px = [torch.cat([x, x.new_zeros(n - len(x), *x.shape[1:])]) for x in px]
-    sizes = dict(image_sizes=torch.stack([b['image_size'] for b in batch])) if 'image_size' in batch[0] else {}
-    return dict(pixel_values=torch.stack(px), **sizes,
+    out = {}
+    if 'pixel_values' in batch[0]:  # items from `VQADataset.text` have none
+        px = [b['pixel_values'] for b in batch]
+        if px[0].dim() == 4:  # AnyRes crops (n, 3, S, S): padded with empty crops to the largest n
+            n = max(len(x) for x in px)
+            px = [torch.cat([x, x.new_zeros(n - len(x), *x.shape[1:])]) for x in px]
+        out['pixel_values'] = torch.stack(px)
+    if 'image_size' in batch[0]: out['image_sizes'] = torch.stack([b['image_size'] for b in batch])
+    return dict(**out,
                 input_ids=torch.stack([pad(b['input_ids'], pad_id) for b in batch]),
                 labels=torch.stack([pad(b['labels'], IGNORE_INDEX) for b in batch]),
                 attention_mask=torch.stack([pad(torch.ones_like(b['input_ids']), 0) for b in batch]),

@@ -27,7 +27,8 @@ from .vlm import CrossLayerInjection, VLMConfig, causal_lm_loss, param_groups
 # %% auto #0
 __all__ = ['DATASETS', 'TrainConfig', 'lr_factor', 'batch_indices', 'load_data', 'llava_split', 'build_tokenizer', 'make_dataset',
            'write_checkpoint', 'save_checkpoint', 'latest_checkpoint', 'load_model_weights', 'load_optimizer',
-           'TrainingError', 'pretrain_vit', 'readable_records', 'backward_batch', 'model_config', 'train', 'plot_loss']
+           'TrainingError', 'pretrain_vit', 'readable_records', 'FeatureCache', 'backward_batch', 'model_config',
+           'train', 'plot_loss']
 
 # %% ../nbs/08_train.ipynb #88a6839d
 DATASETS = ('easy-vqa', 'shapes')
@@ -277,6 +278,33 @@ def readable_records(records, policy: str, out_dir: Path, main_process: bool = T
         print(f"skipped {len(bad)} record(s) with unreadable images (listed in {out_dir / 'skipped_images.json'})")
     return records
 
+class FeatureCache:
+    """The frozen tower's output (`vision_features`: every block the model reads, pooled) for each distinct image of
+    a dataset, computed once. With the tower frozen after stage 0, the instruct stage reads it instead of decoding,
+    transforming and encoding the same images again at every step."""
+    def __init__(self, model: CrossLayerInjection, ds: VQADataset, dtype: str, device, batch: int = 256, bar=None):
+        keys = [r.image if isinstance(r.image, str) else r.image.ctypes.data for r in ds.records]  # arrays: by address
+        first = {}
+        for i, k in enumerate(keys): first.setdefault(k, i)
+        slot = {k: j for j, k in enumerate(first)}
+        self.image_of = torch.tensor([slot[k] for k in keys])   # dataset item -> row of the cache
+        rows, items = [], list(first.values())
+        with torch.no_grad(), autocast(dtype, device):
+            for s in range(0, len(items), batch):
+                px = torch.stack([ds.image(i) for i in items[s:s + batch]]).to(device)
+                rows.append({k: v.float().cpu() for k, v in model.vision_features(px).items()})
+                if bar is not None: bar.set_postfix(cached=f'{min(s + batch, len(items))}/{len(items)} images')
+        self.features = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+
+    @property
+    def nbytes(self) -> int: return sum(v.numel() * v.element_size() for v in self.features.values())
+
+    def batch(self, ds: VQADataset, idx: list[int], pad_id: int) -> dict:
+        "`collate` of items `idx` without images, plus their cached `features`."
+        b = collate([ds.text(i) for i in idx], pad_id)
+        rows = self.image_of[idx]
+        return {**b, 'features': {k: v[rows] for k, v in self.features.items()}}
+
 def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, dev) -> tuple[float, int]:
     """Forward and backward over this process's micro-batches of one global batch. The loss is the sum over the
     answer tokens of all processes divided by their number, so that any split over processes and accumulation steps
@@ -286,11 +314,12 @@ def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, de
     if world > 1: dist.all_reduce(n_tok)
     loss_sum, tokens = torch.zeros((), device=dev), 0
     for k, b in enumerate(micro):
-        b = {key: v.to(dev) for key, v in b.items()}
+        b = {key: {i: f.to(dev) for i, f in v.items()} if isinstance(v, dict) else v.to(dev) for key, v in b.items()}
         sync = k == len(micro) - 1 or not hasattr(net, 'no_sync')  # DDP: all-reduce once, after the last micro-batch
         with (nullcontext() if sync else net.no_sync()):
             with autocast(dtype, dev):
-                logits = net(b['pixel_values'], b['input_ids'], b['attention_mask'], image_sizes=b.get('image_sizes'))
+                logits = net(b.get('pixel_values'), b['input_ids'], b['attention_mask'], image_sizes=b.get('image_sizes'),
+                             **({'features': b['features']} if 'features' in b else {}))
             ls = causal_lm_loss(logits, b['labels'], reduction='sum')
             (ls / n_tok * world).backward()
         loss_sum += ls.detach()
@@ -338,7 +367,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
         for s in stages: print(f"  stage {s['name']:<9} {s['steps']:>6} steps, trains " + ', '.join(f"{k} (lr {v:g})" for k, v in s['lrs'].items() if k in has))
     bar = tqdm(total=cfg.total_steps, initial=step, disable=not progress or rank != 0, dynamic_ncols=True, mininterval=2)
     t_start = t_last = time.perf_counter()  # log times: seconds since this process began training
-    tok_count = 0
+    tok_count, cache = 0, None
     while step < cfg.total_steps:
         si, s_step = _stage_at(stages, step)
         stage = stages[si]
@@ -352,13 +381,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
                 save_checkpoint(out_dir, step, model, None, dict(step=step, seen=seen, config=cfg.to_dict()), cfg.keep_last)
             continue
         bar.set_description(f"stage {stage['name']}")
+        if cache is None and not any('vision' in s['lrs'] for s in stages[si:]):  # the tower stays frozen from here on
+            cache = FeatureCache(model, ds, cfg.dtype, dev, bar=bar)
+            if rank == 0: bar.write(f"  vision features of {len(cache.image_of.unique()):,} images cached "
+                                   f"({cache.nbytes / 2 ** 20:.0f} MiB): the instruct stage reads them instead of running the tower")
         opt = torch.optim.AdamW(_set_trainable(model, stage['lrs']), weight_decay=cfg.weight_decay, fused=True)
         if ckpt and s_step > 0: load_optimizer(opt, ckpt, json.loads((ckpt / 'state.json').read_text()))
         net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
         trainable = [p for g in opt.param_groups for p in g['params']]
         for s_step in range(s_step, stage['steps']):
             idx = batch_indices(len(ds), seen, cfg.batch_size, cfg.seed)[rank::world]
-            micro = [collate([ds[i] for i in idx[k::cfg.grad_accum]], tok.pad_id) for k in range(cfg.grad_accum)]
+            micro = [cache.batch(ds, idx[k::cfg.grad_accum], tok.pad_id) if cache else collate([ds[i] for i in idx[k::cfg.grad_accum]], tok.pad_id)
+                     for k in range(cfg.grad_accum)]
             for g in opt.param_groups: g['lr'] = g['base_lr'] * lr_factor(s_step, stage['steps'], cfg.warmup)
             loss, n = backward_batch(net, micro, world, cfg.dtype, dev)
             tok_count += n

@@ -218,13 +218,15 @@ class CrossLayerInjection(nn.Module):
             return inject
         return None
 
-    def forward(self, pixel_values, input_ids, attention_mask=None, trace: list | None = None, image_sizes=None) -> torch.Tensor:
-        "Logits (B, T, V)."
-        return self.decode(self.encode_image(pixel_values, image_sizes), input_ids, attention_mask, trace)
+    def forward(self, pixel_values, input_ids, attention_mask=None, trace: list | None = None, image_sizes=None,
+                features: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        "Logits (B, T, V); with `features`, from `vision_features`' output computed earlier (a frozen tower's feature cache)."
+        encoded = self.project_features(features) if features is not None else self.encode_image(pixel_values, image_sizes)
+        return self.decode(encoded, input_ids, attention_mask, trace)
 
     def forward_features(self, feats: dict[int, torch.Tensor], input_ids, attention_mask=None, trace: list | None = None) -> torch.Tensor:
-        "Logits (B, T, V) from `vision_features`' output computed earlier (a frozen tower's feature cache, `12_experiments`)."
-        return self.decode(self.project_features(feats), input_ids, attention_mask, trace)
+        "`forward` from a feature cache (`12_experiments`, and the main job's instruct stage in `08_train`)."
+        return self.forward(None, input_ids, attention_mask, trace, features=feats)
 
     def decode(self, encoded: tuple, input_ids, attention_mask=None, trace: list | None = None) -> torch.Tensor:
         "Logits (B, T, V) from `encode_image`'s (tokens, banks, bank mask) and the text."
