@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse, json, os, platform, sys, time, traceback
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .data import DataError, check_images
-from .evaluate import ask, evaluate, format_results, load_run
+from .evaluate import ask, evaluate, format_results, load_run, majority_accuracy, report_figure
 from .experiment import GRID, ExperimentConfig, experiment, load_runs, prepare, report, summary_table
 from .finetune import FinetuneConfig, finetune, load_finetuned, make_base_dataset
 from .train import DATASETS, TrainConfig, TrainingError, llava_split, load_data, make_dataset, train
@@ -48,7 +49,11 @@ def train_cmd(args) -> None:
     if args.base: return finetune_cmd(args)
     vit_steps = args.vit_steps if args.vit_steps is not None else 0 if args.data else TrainConfig.vit_steps
     d = TrainConfig
-    o = _given(args, steps=d.instruct_steps, vision_lr=d.vision_lr, batch_size=d.batch_size, ckpt_every=d.ckpt_every)
+    o = _given(args, steps=d.instruct_steps, vision_lr=d.vit_lr if args.data and not vit_steps else d.vision_lr,
+               batch_size=d.batch_size, ckpt_every=d.ckpt_every)
+    if args.data and not vit_steps and args.vision_lr is None:
+        print(f"{args.data} has no image-level labels for stage 0: the tower trains end to end with the LLM in the instruct "
+              f"stage (vision lr {o['vision_lr']:g}; --vision-lr 0 keeps the random tower frozen)")
     cfg = TrainConfig(model=VLMConfig.preset(args.preset, variant=args.variant), instruct_steps=o['steps'],
                       vit_steps=vit_steps, vision_lr=o['vision_lr'], align_steps=args.align_steps, batch_size=o['batch_size'], turns=args.turns,
                       seed=args.seed, dtype=args.dtype, ckpt_every=o['ckpt_every'], **_dataset_fields(args))
@@ -60,8 +65,14 @@ def train_cmd(args) -> None:
     _, test, _ = load_data(cfg, train=False)
     if args.eval_limit: test = test[:args.eval_limit]
     res = evaluate(model.eval(), tok, test, cfg, out=out)
-    print(f"trained in {t_train / 60:.1f} min, evaluated in {(time.perf_counter() - t0 - t_train) / 60:.1f} min; run folder {out}")
+    if cfg.dataset == 'llava': res['majority'] = majority_accuracy(load_data(cfg)[0], test)
+    t_eval = time.perf_counter() - t0 - t_train
+    fig = report_figure(out, res, model, tok, test[0], cfg)
+    fig.savefig(out / 'report.png'); plt.close(fig)
+    print(f"trained in {t_train / 60:.1f} min, evaluated in {t_eval / 60:.1f} min")
     print(format_results(res))
+    if 'majority' in res: print(f"  the most common training answer of each family scores {res['majority']:.1%} (no image needed)")
+    print(f"run folder {out}: checkpoints, eval.json (every answer), report.png (loss, accuracy per family, gates, yes/no confusion)")
 
 def finetune_cmd(args) -> None:
     "`cli_ref train --base DIR`: CLI trained on a llava-hf checkpoint (`15_finetune`), then scored on the test records."
@@ -103,6 +114,7 @@ def eval_cmd(args) -> None:
         res = evaluate(model, tok, test, cfg, out=Path(args.adapter) if args.adapter else None, batch_size=args.batch_size,
                        make=make, max_new_tokens=args.max_new_tokens)
         return print(format_results(res))
+    trained_on = cfg
     if args.data or args.dataset:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **_dataset_fields(args)})
     _, test, _ = load_data(cfg, train=False)
@@ -112,6 +124,8 @@ def eval_cmd(args) -> None:
         if bad: print(f"left out {len(bad)} test record(s) with unreadable images: {', '.join(b['id'] for b in bad[:5])}{' ...' if len(bad) > 5 else ''}")
     res = evaluate(model, tok, test, cfg, out=Path(args.checkpoint), batch_size=args.batch_size)
     print(format_results(res))
+    if cfg.dataset == 'llava' and trained_on.dataset == 'llava':
+        print(f"  the most common training answer of each family scores {majority_accuracy(load_data(trained_on)[0], test):.1%} (no image needed)")
 
 def ask_cmd(args) -> None:
     model, tok, cfg, make = _model_of(args)

@@ -20,10 +20,10 @@ from .tokenizer import IGNORE_INDEX, ChatTemplate, Tokenizer, encode_chat
 
 # %% auto #0
 __all__ = ['IMAGE_TOKEN', 'EASY_SHAPES', 'EASY_COLORS', 'SHAPES', 'COLORS', 'TEXTURES', 'COUNT_WORDS', 'DETAIL', 'FAMILIES',
-           'VQARecord', 'family_stats', 'print_stats', 'load_easy_vqa', 'easy_vqa_image_labels', 'DataError',
-           'load_llava_json', 'check_images', 'save_llava_json', 'draw_scene', 'sample_scene', 'scene_labels',
-           'scene_questions', 'data_dir', 'generate_shapes', 'shapes_split', 'load_shapes', 'group_turns',
-           'image_transform', 'VQADataset', 'collate']
+           'BAR_FAMILIES', 'VQARecord', 'family_stats', 'print_stats', 'load_easy_vqa', 'easy_vqa_image_labels',
+           'DataError', 'load_llava_json', 'check_images', 'save_llava_json', 'draw_scene', 'sample_scene',
+           'scene_labels', 'scene_questions', 'data_dir', 'generate_shapes', 'shapes_split', 'load_shapes', 'bar_chart',
+           'bar_questions', 'write_llava_set', 'group_turns', 'image_transform', 'VQADataset', 'collate']
 
 # %% ../nbs/04_data.ipynb #55dd9912
 IMAGE_TOKEN = '<image>'
@@ -327,6 +327,50 @@ def load_shapes(split: str = 'train', n: int | None = None, detail: str = 'coars
               'largest_shape': np.array([SHAPES.index(l['largest_shape']) for l in labs]),
               'largest_color': np.array([list(COLORS).index(l['largest_color']) for l in labs])}
     return records, labels, images
+
+# %% ../nbs/04_data.ipynb #618bcdd2
+BAR_FAMILIES = {'count': 'global', 'longest_color': 'global', 'top_color': 'local', 'bar_length': 'local'}
+
+def bar_chart(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, list[dict]]:
+    "A chart of 2-4 horizontal bars in distinct colours, random lengths (11-58 px), in random row slots; and its bars, top first."
+    n = int(rng.integers(2, 5))
+    slots, colors = sorted(rng.choice(4, n, replace=False)), rng.choice(list(COLORS), n, replace=False)
+    img = np.full((size, size, 3), 250, np.uint8)
+    bars = []
+    for s, c in zip(slots, colors):
+        length = int(rng.integers(11, 59))
+        y = 4 + s * 15
+        img[y:y + 10, 3:3 + length] = COLORS[c]
+        bars.append(dict(color=str(c), length=length))
+    while len({b['length'] for b in bars}) < n or max(b['length'] for b in bars) - sorted(b['length'] for b in bars)[-2] < 4:
+        return bar_chart(rng, size)  # a clear longest bar
+    return img, bars
+
+def bar_questions(bars: list[dict], rng: np.random.Generator) -> dict[str, tuple[str, str]]:
+    "One question per family, with its answer."
+    named = bars[rng.integers(len(bars))]
+    return {'count': ('how many bars are there?', COUNT_WORDS[len(bars)]),
+            'longest_color': ('which color is the longest bar?', max(bars, key=lambda b: b['length'])['color']),
+            'top_color': ('what color is the top bar?', bars[0]['color']),
+            'bar_length': (f"is the {named['color']} bar long or short?", 'long' if named['length'] >= 35 else 'short')}
+
+def write_llava_set(kind: str, folder: str | Path, n_train: int = 4000, n_test: int = 500, seed: int = 0) -> tuple[Path, Path]:
+    """A LLaVA-format set in `folder` (train.json, test.json, images/): 'shapes' (`load_shapes`' scenes and families)
+    or 'bars' (`bar_chart`); one record per image and question family, with `family` and `kind` fields."""
+    folder = Path(folder)
+    out = []
+    for split, n in (('train', n_train), ('test', n_test)):
+        if kind == 'shapes': recs = load_shapes(split, n=n, seed=seed, cache=False)[0]
+        elif kind == 'bars':
+            rng, recs = np.random.default_rng(_split_seed(split, seed)), []
+            for i in range(n):
+                img, bars = bar_chart(rng)
+                recs += [VQARecord(f'bars-{split}-{i}-{f}', img, [(f'{IMAGE_TOKEN}\n{q}', a)], f, BAR_FAMILIES[f])
+                         for f, (q, a) in bar_questions(bars, rng).items()]
+        else: raise ValueError(f"kind must be 'shapes' or 'bars', not {kind!r}")
+        save_llava_json(recs, folder / f'{split}.json', folder / 'images')
+        out.append(folder / f'{split}.json')
+    return tuple(out)
 
 # %% ../nbs/04_data.ipynb #4195ef71
 def group_turns(records: Sequence[VQARecord], k: int, seed: int = 0) -> list[VQARecord]:

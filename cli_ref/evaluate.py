@@ -8,16 +8,18 @@ import json, re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .core import default_device
 from .data import VQARecord, collate
 from .tokenizer import Tokenizer
 from .train import TrainConfig, latest_checkpoint, load_model_weights, make_dataset
-from .vlm import CrossLayerInjection, VLMConfig, gate_heatmap, gate_strip, plot_gates
+from .vlm import CrossLayerInjection, VLMConfig, gate_heatmap, gate_strip, plot_alpha, plot_gates
 
 # %% auto #0
-__all__ = ['normalize_answer', 'load_run', 'prompt_batches', 'answer', 'is_correct', 'score', 'format_results', 'evaluate', 'ask']
+__all__ = ['normalize_answer', 'load_run', 'prompt_batches', 'answer', 'is_correct', 'score', 'majority_accuracy',
+           'format_results', 'evaluate', 'ask', 'report_figure']
 
 # %% ../nbs/09_eval.ipynb #8e49973d
 def normalize_answer(s: str) -> str:
@@ -85,6 +87,13 @@ def score(records: list[VQARecord], preds: list[str], max_confusion: int = 8) ->
             res['confusion'][f] = {g: {p: n for (g2, p), n in sorted(c.items()) if g2 == g} for g in golds}
     return res
 
+def majority_accuracy(train: list[VQARecord], test: list[VQARecord]) -> float:
+    "Accuracy of answering every test question with its family's most common training answer: what no image is needed for."
+    answers = defaultdict(Counter)
+    for r in train: answers[r.family][normalize_answer(r.turns[-1][1])] += 1
+    common = {f: c.most_common(1)[0][0] for f, c in answers.items()}
+    return sum(common.get(r.family) == normalize_answer(r.turns[-1][1]) for r in test) / max(1, len(test))
+
 def format_results(res: dict) -> str:
     "The contract's first line, then the per-family and per-kind table."
     lines = [f"test accuracy: {res['accuracy']:.1%} (n={res['n']})", f"  {'family':<16}{'n':>7}{'accuracy':>10}"]
@@ -120,3 +129,32 @@ def ask(model: CrossLayerInjection, tok: Tokenizer, image, question: str, tcfg: 
             fig = plot_gates(heat, strip, model.cfg, [tok.decode([t], skip_special=False) for t in gen])
             fig.savefig(gates_png); out['gates_png'] = str(gates_png)
     return out
+
+# %% ../nbs/09_eval.ipynb #b8503074
+def report_figure(run_dir: str | Path, res: dict, model: CrossLayerInjection, tok: Tokenizer, record: VQARecord, tcfg: TrainConfig):
+    "The loss curves of `run_dir/log.jsonl`, `res`'s accuracy per family and yes/no confusion, and the gates on `record`."
+    import matplotlib.pyplot as plt
+    log = [json.loads(l) for l in (Path(run_dir) / 'log.jsonl').read_text().splitlines() if l.strip()]
+    fig, axs = plt.subplots(1, 4, figsize=(15, 3), dpi=80)
+    for stage in dict.fromkeys(r['stage'] for r in log):
+        rs = [r for r in log if r['stage'] == stage]
+        axs[0].plot([r['step'] for r in rs], [r['loss'] for r in rs], label=f'stage {stage}')
+    axs[0].set_yscale('log'); axs[0].set_xlabel('step'); axs[0].set_title('loss', fontsize=9); axs[0].legend(fontsize=7)
+    fams = res['families']
+    axs[1].barh(list(fams), [v['accuracy'] * 100 for v in fams.values()], color='tab:green')
+    for i, v in enumerate(fams.values()): axs[1].text(1, i, f"{v['accuracy']:.1%}  (n={v['n']})", va='center', fontsize=8)
+    axs[1].set_xlim(0, 100); axs[1].set_title(f"test accuracy {res['accuracy']:.1%}", fontsize=9)
+    out = ask(model, tok, record.image, record.turns[-1][0], tcfg)
+    if 'alpha' in out: plot_alpha(axs[2], np.array(out['alpha']), model.cfg, f"gates: {record.turns[-1][0].split(chr(10))[-1][:40]} -> {out['answer']}")
+    else: axs[2].set_axis_off(); axs[2].set_title(f'{model.cfg.variant}: no AGF gates', fontsize=9)
+    conf = res['confusion'].get('yes/no')
+    if conf:
+        labels = sorted(set(conf) | {p for row in conf.values() for p in row})
+        m = np.array([[conf.get(g, {}).get(p, 0) for p in labels] for g in labels])
+        axs[3].imshow(m, cmap='Blues')
+        for (i, j), n in np.ndenumerate(m): axs[3].text(j, i, str(n), ha='center', va='center', fontsize=8, color='white' if n > m.max() / 2 else 'black')
+        axs[3].set_xticks(range(len(labels)), labels); axs[3].set_yticks(range(len(labels)), labels)
+        axs[3].set_xlabel('answered'); axs[3].set_ylabel('true'); axs[3].set_title('yes/no confusion', fontsize=9)
+    else: axs[3].set_axis_off()
+    fig.tight_layout()
+    return fig

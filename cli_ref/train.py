@@ -377,6 +377,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
             losses = pretrain_vit(model, *pretrain, stage['steps'], cfg, dev, bar=bar)
             step += stage['steps']
             if rank == 0:
+                for i in range(cfg.log_every - 1, len(losses) - 1, cfg.log_every):  # the stage's curve, for report.png
+                    _log(out_dir, dict(step=step - len(losses) + i + 1, stage='vit', loss=losses[i]))
                 _log(out_dir, dict(step=step, stage='vit', loss=losses[-1], time=round(time.perf_counter() - t_start, 1)))
                 save_checkpoint(out_dir, step, model, None, dict(step=step, seen=seen, config=cfg.to_dict()), cfg.keep_last)
             continue

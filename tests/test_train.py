@@ -113,6 +113,8 @@ def test_bad_images_skip_lists_them_and_trains(tmp_path):
     args = _llava_set(tmp_path / 'few', n=100, n_broken=3)              # 3 of 91 training records
     r = run(args + ['--bad-images', 'skip', '--output', str(tmp_path / 'run2')])
     assert r.returncode == 0, r.stderr
+    assert 'the tower trains end to end' in r.stdout and 'trains vision (lr 0.0005)' in r.stdout  # no labels: no random frozen tower
+    assert 'the most common training answer of each family scores' in r.stdout and (tmp_path / 'run2' / 'report.png').exists()
     assert [b['id'] for b in json.loads((tmp_path / 'run2' / 'skipped_images.json').read_text())] == ['b0', 'b1', 'b2']
 
 def test_eval_and_ask_give_the_same_one_line_errors(tmp_path):
@@ -148,3 +150,23 @@ def test_unusual_valid_images_and_text_train(tmp_path):
     (tmp_path / 'd.json').write_text(json.dumps(recs, ensure_ascii=False), encoding='utf-8')
     r = run(['--data', str(tmp_path / 'd.json'), '--image-folder', str(tmp_path / 'img'), '--steps', '2', '--output', str(tmp_path / 'run')])
     assert r.returncode == 0 and 'test accuracy' in r.stdout, r.stderr[-500:]
+
+def test_feature_cache_gives_the_pixel_path_exactly(tmp_path):
+    "The instruct stage reads the frozen tower's output from `FeatureCache`: the same features, the same logits."
+    from cli_ref.data import collate
+    from cli_ref.train import FeatureCache, build_tokenizer, load_data, make_dataset, model_config
+    from cli_ref.vlm import CrossLayerInjection
+    cfg = TrainConfig(dataset='shapes', shapes_images=64, vit_steps=0)
+    recs = load_data(cfg)[0][:40]
+    tok = build_tokenizer(recs, 256)
+    model = CrossLayerInjection(model_config(cfg, tok)).eval()
+    ds = make_dataset(recs, tok, model.cfg, cfg)
+    cache = FeatureCache(model, ds, 'fp32', torch.device('cpu'), batch=7)
+    assert len(cache.image_of.unique()) == len({r.image.ctypes.data for r in recs}) == 8  # each image once (5 questions each)
+    idx = [3, 17, 0, 39, 22]
+    a, b = cache.batch(ds, idx, tok.pad_id), collate([ds[i] for i in idx], tok.pad_id)
+    with torch.no_grad():
+        pixels = model.vision_features(b['pixel_values'])
+        assert all(torch.equal(a['features'][k], pixels[k]) for k in pixels)
+        assert torch.equal(model(None, a['input_ids'], a['attention_mask'], features=a['features']),
+                           model(b['pixel_values'], b['input_ids'], b['attention_mask']))
