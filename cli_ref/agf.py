@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .llm import RMSNorm
@@ -25,7 +24,7 @@ class BankKV(nn.Module):
         self.k_proj, self.v_proj = nn.Linear(dim, attn_dim, bias=False), nn.Linear(dim, attn_dim, bias=False)
 
     def forward(self, banks: list[torch.Tensor], mask: torch.Tensor | None = None):
-        "`mask` (B, N), True for real tokens, when images in a batch have banks of different lengths (AnyRes, `13_llava`)."
+        "`mask` (B, N), True for real tokens, when images in a batch have banks of different lengths (AnyRes, `12_llava`)."
         x = self.norm(torch.stack(banks, 1))  # (B, L, N, D)
         B, L, N, _ = x.shape
         split = lambda t: t.view(B, L, N, self.n_heads, -1).transpose(2, 3)  # (B, L, H, N, d)
@@ -38,7 +37,7 @@ class AdaptiveGatingFusion(nn.Module):
                  gate: str = 'dynamic', kv: BankKV | None = None, eps: float = 1e-6):
         super().__init__()
         if gate not in ('dynamic', 'static'): raise ValueError(f"gate must be 'dynamic' or 'static', got {gate!r}")
-        self.n_heads, self.tau, self.gate = n_heads, tau, gate
+        self.n_heads, self.tau, self.gate, self.attn_impl = n_heads, tau, gate, 'sdpa'  # `set_attention` (01_vit) changes the kernel
         self.kv = kv if kv is not None else BankKV(dim, attn_dim, n_heads, eps)  # a shared one is owned elsewhere
         self.norm_h = RMSNorm(dim, eps)
         self.q_proj = nn.Linear(dim, attn_dim, bias=False)
@@ -61,7 +60,7 @@ class AdaptiveGatingFusion(nn.Module):
         q = self.q_proj(hn).view(B, T, H, d).transpose(1, 2)    # (B, H, T, d)
         q = q[:, None].expand(B, L, H, T, d)
         if mask is not None: mask = mask[:, None, None, None, :].expand(B, L, 1, 1, N).reshape(B * L, 1, 1, N)
-        a = attention(q.reshape(B * L, H, T, d), k.reshape(B * L, H, N, d), v.reshape(B * L, H, N, d), mask)  # (B*L, H, T, d)
+        a = attention(q.reshape(B * L, H, T, d), k.reshape(B * L, H, N, d), v.reshape(B * L, H, N, d), mask, impl=self.attn_impl)  # (B*L, H, T, d)
         z = self.o_proj(a.view(B, L, H, T, d).transpose(2, 3).reshape(B, L, T, H * d))  # (B, L, T, D)
         if self.gate == 'dynamic':
             alpha = ((self.norm_z(z) @ self.q_v) / self.tau).softmax(1)       # (B, L, T)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #1c1c4216
 from __future__ import annotations
-import dataclasses, json, os, random, typing
+import dataclasses, json, random, typing
 from typing import ClassVar
 
 import numpy as np

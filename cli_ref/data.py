@@ -4,9 +4,9 @@
 
 # %% ../nbs/04_data.ipynb #3a769c8a
 from __future__ import annotations
-import concurrent.futures, json, math, os, warnings
+import concurrent.futures, json, os, warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -395,7 +395,7 @@ def image_transform(image_size: int, mean: Sequence[float], std: Sequence[float]
 
 class VQADataset(torch.utils.data.Dataset):
     """Records -> dicts of `pixel_values`, `input_ids`, `labels` (answers only); see `collate`. `n_image_tokens` is a
-    number, or a function of the record when images give different numbers of tokens (AnyRes, `13_llava`); a
+    number, or a function of the record when images give different numbers of tokens (AnyRes, `12_llava`); a
     `transform` that returns (pixels, (height, width)) adds `image_size` to each item."""
     def __init__(self, records: Sequence[VQARecord], tok: Tokenizer, n_image_tokens: int | Callable[[VQARecord], int], transform,
                  template: str | ChatTemplate = 'tiny', max_len: int = 256, on_overflow: str = 'skip', prompt_only: bool = False):

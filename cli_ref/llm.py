@@ -16,8 +16,8 @@ from .core import ConfigMixin, load_state_checked
 from .vit import attention
 
 # %% auto #0
-__all__ = ['Inject', 'LLMConfig', 'RMSNorm', 'rope_cos_sin', 'apply_rope', 'KVCache', 'Attention', 'MLP', 'DecoderLayer',
-           'positions_and_mask', 'LLM', 'sample_next', 'generate', 'llm_config_from_hf', 'load_hf_llm']
+__all__ = ['Inject', 'LLMConfig', 'RMSNorm', 'rope_cos_sin', 'apply_rope', 'KVCache', 'CausalSelfAttention', 'MLP',
+           'DecoderLayer', 'positions_and_mask', 'LLM', 'sample_next', 'generate', 'llm_config_from_hf', 'load_hf_llm']
 
 # %% ../nbs/03_llm.ipynb #89f28c0e
 @dataclass
@@ -99,11 +99,11 @@ class KVCache:
     def advance(self, n: int) -> None: self.length += n
 
 # %% ../nbs/03_llm.ipynb #c2f1e80d
-class Attention(nn.Module):
+class CausalSelfAttention(nn.Module):
     "Causal grouped-query attention with RoPE (Hugging Face parameter names)."
     def __init__(self, cfg: LLMConfig):
         super().__init__()
-        self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.n_heads, self.n_kv, self.hd, self.attn_impl = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 'sdpa'
         self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * self.hd, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * self.hd, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * self.hd, bias=cfg.qkv_bias)
@@ -116,7 +116,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None: k, v = cache.update(layer, k, v)                 # (B, G, S, d)
-        y = attention(q, k, v, mask, causal=mask is None and T > 1)
+        y = attention(q, k, v, mask, causal=mask is None and T > 1, impl=self.attn_impl)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 # %% ../nbs/03_llm.ipynb #71a5942b
@@ -132,7 +132,7 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: LLMConfig):
         super().__init__()
-        self.input_layernorm, self.self_attn = RMSNorm(cfg.dim, cfg.norm_eps), Attention(cfg)
+        self.input_layernorm, self.self_attn = RMSNorm(cfg.dim, cfg.norm_eps), CausalSelfAttention(cfg)
         self.post_attention_layernorm, self.mlp = RMSNorm(cfg.dim, cfg.norm_eps), MLP(cfg)
 
     def forward(self, x, cos, sin, mask=None, cache=None, layer=0):

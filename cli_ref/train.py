@@ -4,11 +4,10 @@
 
 # %% ../nbs/08_train.ipynb #221e4a47
 from __future__ import annotations
-import json, math, os, shutil, sys, time, warnings
+import json, math, os, shutil, time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 import torch.distributed as dist
@@ -22,13 +21,13 @@ from .core import ConfigMixin, autocast, default_device, load_state_checked, set
 from .data import (DataError, VQADataset, check_images, collate, easy_vqa_image_labels, group_turns, image_transform,
                           load_easy_vqa, load_llava_json, load_shapes)
 from .tokenizer import IGNORE_INDEX, TEMPLATES, Tokenizer, train_bpe
-from .vlm import CrossLayerInjection, VLMConfig, causal_lm_loss, param_groups
+from .vlm import VLM, VLMConfig, causal_lm_loss, param_groups
 
 # %% auto #0
 __all__ = ['DATASETS', 'TrainConfig', 'lr_factor', 'batch_indices', 'load_data', 'llava_split', 'build_tokenizer', 'make_dataset',
            'write_checkpoint', 'save_checkpoint', 'latest_checkpoint', 'load_model_weights', 'load_optimizer',
            'TrainingError', 'pretrain_vit', 'readable_records', 'FeatureCache', 'backward_batch', 'model_config',
-           'train', 'plot_loss']
+           'start_run', 'train', 'plot_loss']
 
 # %% ../nbs/08_train.ipynb #88a6839d
 DATASETS = ('easy-vqa', 'shapes')
@@ -59,7 +58,7 @@ class TrainConfig(ConfigMixin):
     weight_decay: float = 0.01
     clip: float = 1.0
     bad_images: str = 'error'        # LLaVA-format data: 'error' stops at an unreadable image, 'skip' leaves its records out
-    dtype: str = 'auto'              # autocast: 'bf16', 'fp32', or 'auto' = bf16 on CUDA, fp32 on CPU (faster at tiny: 14_bench)
+    dtype: str = 'auto'              # autocast: 'bf16', 'fp32', or 'auto' = bf16 on CUDA, fp32 on CPU (faster at tiny: 13_bench)
     vocab_size: int = 384            # BPE vocabulary trained on the training texts
     template: str = 'tiny'
     max_len: int = 256
@@ -215,7 +214,7 @@ class TrainingError(RuntimeError): pass
 def _dist() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
-def _set_trainable(model: CrossLayerInjection, lrs: dict[str, float]) -> list[dict]:
+def _set_trainable(model: VLM, lrs: dict[str, float]) -> list[dict]:
     "Freeze everything but the groups in `lrs`; the optimiser's parameter groups."
     groups = param_groups(model)
     for p in model.parameters(): p.requires_grad_(False)
@@ -233,7 +232,7 @@ def _stage_at(stages: list[dict], step: int) -> tuple[int, int]:
         step -= s['steps']
     return len(stages), 0
 
-def pretrain_vit(model: CrossLayerInjection, images, labels: dict, steps: int, cfg: TrainConfig, device, bar=None) -> list[float]:
+def pretrain_vit(model: VLM, images, labels: dict, steps: int, cfg: TrainConfig, device, bar=None) -> list[float]:
     """Stage 0: train the tower on image-level labels (a linear head per label on mean-pooled patch tokens), as CLIP
     is trained on a global task before LLaVA uses it. The heads are thrown away afterwards."""
     vit, mc = model.vit, model.cfg.vit
@@ -282,7 +281,7 @@ class FeatureCache:
     """The frozen tower's output (`vision_features`: every block the model reads, pooled) for each distinct image of
     a dataset, computed once. With the tower frozen after stage 0, the instruct stage reads it instead of decoding,
     transforming and encoding the same images again at every step."""
-    def __init__(self, model: CrossLayerInjection, ds: VQADataset, dtype: str, device, batch: int = 256, bar=None):
+    def __init__(self, model: VLM, ds: VQADataset, dtype: str, device, batch: int = 256, bar=None):
         keys = [r.image if isinstance(r.image, str) else r.image.ctypes.data for r in ds.records]  # arrays: by address
         first = {}
         for i, k in enumerate(keys): first.setdefault(k, i)
@@ -333,22 +332,28 @@ def model_config(cfg: TrainConfig, tok: Tokenizer) -> VLMConfig:
     m.llm.vocab_size, m.image_token_id = tok.vocab_size, tok.image_id
     return m
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
-          progress: bool = True) -> tuple[CrossLayerInjection, Tokenizer]:
-    "Run (or resume) the stages of `cfg`, writing checkpoints, `log.jsonl` and `loss.png` into `out_dir`."
+def start_run(cfg, out_dir: str | Path, resume: bool, device: str | None):
+    """(rank, world size, device, run folder, checkpoint to resume from or None) of this process, after the checks
+    (another run's folder, a changed config, a batch that does not split) and seeding. Shared with `14_finetune`."""
     rank, world = _dist()
     dev = default_device(device) if world == 1 or not torch.cuda.is_available() else torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     out_dir = Path(out_dir)
     ckpt = _check_run_dir(out_dir, cfg, resume)
     if cfg.batch_size % (world * cfg.grad_accum): raise ValueError(f"batch_size must divide by processes x grad_accum ({world * cfg.grad_accum})")
     set_seed(cfg.seed)
+    return rank, world, dev, out_dir, ckpt
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
+          progress: bool = True) -> tuple[VLM, Tokenizer]:
+    "Run (or resume) the stages of `cfg`, writing checkpoints, `log.jsonl` and `loss.png` into `out_dir`."
+    rank, world, dev, out_dir, ckpt = start_run(cfg, out_dir, resume, device)
     train_recs, _, pretrain = load_data(cfg)
     if cfg.dataset == 'llava': train_recs = readable_records(train_recs, cfg.bad_images, out_dir, rank == 0, progress)
     train_recs = group_turns(train_recs, cfg.turns, cfg.seed)
     if (out_dir / 'tokenizer.json').exists() and ckpt: tok = Tokenizer.from_file(out_dir / 'tokenizer.json')
     else: tok = build_tokenizer(train_recs, cfg.vocab_size)
     mcfg = model_config(cfg, tok)
-    model = CrossLayerInjection(mcfg).to(dev)
+    model = VLM(mcfg).to(dev)
     ds = make_dataset(train_recs, tok, mcfg, cfg)
     stages, step, seen = cfg.stages(), 0, 0
     if cfg.tower and not ckpt: load_state_checked(model.vit, load_file(cfg.tower), cfg.tower)

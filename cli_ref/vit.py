@@ -16,7 +16,7 @@ from torch import nn
 from .core import ConfigMixin, load_state_checked
 
 # %% auto #0
-__all__ = ['ATTENTION_IMPLS', 'ACTIVATIONS', 'PatchEmbed', 'set_attention', 'use_attention', 'attention', 'Attention',
+__all__ = ['ATTENTION_IMPLS', 'ACTIVATIONS', 'PatchEmbed', 'attention', 'set_attention', 'use_attention', 'ViTAttention',
            'quick_gelu', 'Mlp', 'Block', 'ViTConfig', 'resample_pos_embed', 'resolve_indices', 'VisionTransformer',
            'vit_config_from_hf', 'convert_hf_vision_state', 'load_hf_vision']
 
@@ -33,25 +33,10 @@ class PatchEmbed(nn.Module):
 
 # %% ../nbs/01_vit.ipynb #deb726db
 ATTENTION_IMPLS = ('sdpa', 'matmul')
-_ATTENTION = {'cpu': 'sdpa', 'cuda': 'sdpa'}  # the kernel per device type; `set_attention` changes it
 
-def set_attention(impl: str, device_type: str | None = None) -> None:
-    "Use `impl` ('sdpa' or 'matmul') for every attention on `device_type` ('cpu', 'cuda'; None = all)."
-    if impl not in ATTENTION_IMPLS: raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
-    for d in ([device_type] if device_type else list(_ATTENTION)): _ATTENTION[d] = impl
-
-@contextmanager
-def use_attention(impl: str, device_type: str | None = None):
-    "`set_attention` for the duration of a `with` block; the kernels set before come back after it."
-    saved = dict(_ATTENTION)
-    set_attention(impl, device_type)
-    try: yield
-    finally: _ATTENTION.update(saved)
-
-def attention(q, k, v, mask=None, causal: bool = False, impl: str | None = None):
+def attention(q, k, v, mask=None, causal: bool = False, impl: str = 'sdpa'):
     """softmax(q k^T / sqrt(d)) v. q (B, H, Tq, d); k, v (B, G, Tk, d) with H a multiple of G (grouped-query);
     `mask` broadcastable to (B, H, Tq, Tk), True = keep; `causal`: query i sees keys <= i."""
-    impl = impl or _ATTENTION.get(q.device.type, 'sdpa')
     gqa = k.shape[1] != q.shape[1]
     if impl == 'sdpa': return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
     if gqa: k, v = k.repeat_interleave(q.shape[1] // k.shape[1], 1), v.repeat_interleave(q.shape[1] // v.shape[1], 1)
@@ -60,19 +45,35 @@ def attention(q, k, v, mask=None, causal: bool = False, impl: str | None = None)
     if mask is not None: scores = scores.masked_fill(~mask, float('-inf'))
     return scores.softmax(-1) @ v
 
+def set_attention(model: nn.Module, impl: str) -> nn.Module:
+    "Use `impl` ('sdpa' or 'matmul') in every attention module of `model` (their `attn_impl`)."
+    if impl not in ATTENTION_IMPLS: raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    for m in model.modules():
+        if hasattr(m, 'attn_impl'): m.attn_impl = impl
+    return model
+
+@contextmanager
+def use_attention(model: nn.Module, impl: str):
+    "`set_attention` for the duration of a `with` block; each module's kernel comes back after it."
+    saved = {m: m.attn_impl for m in model.modules() if hasattr(m, 'attn_impl')}
+    set_attention(model, impl)
+    try: yield model
+    finally:
+        for m, i in saved.items(): m.attn_impl = i
+
 # %% ../nbs/01_vit.ipynb #5cf04841
-class Attention(nn.Module):
+class ViTAttention(nn.Module):
     "Multi-head self-attention with a fused qkv projection (timm's layout)."
     def __init__(self, dim: int, n_heads: int, qkv_bias: bool = True):
         super().__init__()
-        self.n_heads = n_heads
+        self.n_heads, self.attn_impl = n_heads, 'sdpa'
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, d)
-        return self.proj(attention(q, k, v).transpose(1, 2).reshape(B, T, D))
+        return self.proj(attention(q, k, v, impl=self.attn_impl).transpose(1, 2).reshape(B, T, D))
 
 # %% ../nbs/01_vit.ipynb #ed6d34ee
 def quick_gelu(x): return x * torch.sigmoid(1.702 * x)
@@ -91,7 +92,7 @@ class Block(nn.Module):
     "Pre-norm transformer block."
     def __init__(self, dim: int, n_heads: int, mlp_dim: int, act: str = 'gelu', qkv_bias: bool = True, eps: float = 1e-6):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim, eps=eps), Attention(dim, n_heads, qkv_bias)
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=eps), ViTAttention(dim, n_heads, qkv_bias)
         self.norm2, self.mlp = nn.LayerNorm(dim, eps=eps), Mlp(dim, mlp_dim, act)
 
     def forward(self, x):

@@ -9,7 +9,7 @@ from cli_ref.experiment import (BottleneckViT, ExperimentConfig, VectorQuantizer
                                 mutual_information, object_tokens)
 from cli_ref.tokenizer import IGNORE_INDEX
 from cli_ref.vit import ViTConfig, VisionTransformer
-from cli_ref.vlm import CrossLayerInjection, VLMConfig, perturb_zero_init, shuffle_tokens
+from cli_ref.vlm import VLM, VLMConfig, perturb_zero_init, shuffle_tokens
 
 
 def test_shuffle_tokens_is_pixel_unshuffle():
@@ -24,7 +24,7 @@ def test_shuffle_tokens_is_pixel_unshuffle():
 def test_forward_features_equals_forward():
     torch.manual_seed(0)
     for mode in ('avg', 'shuffle'):
-        m = perturb_zero_init(CrossLayerInjection(VLMConfig.preset('tiny', variant='cli', image_pool_mode=mode,
+        m = perturb_zero_init(VLM(VLMConfig.preset('tiny', variant='cli', image_pool_mode=mode,
                                                                    feature_norm=True)), std=0.2).eval()
         px, ids = torch.randn(2, 3, 64, 64), torch.cat([torch.full((2, 16), 3), torch.randint(4, 300, (2, 5))], 1)
         with torch.no_grad():

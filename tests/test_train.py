@@ -155,11 +155,11 @@ def test_feature_cache_gives_the_pixel_path_exactly(tmp_path):
     "The instruct stage reads the frozen tower's output from `FeatureCache`: the same features, the same logits."
     from cli_ref.data import collate
     from cli_ref.train import FeatureCache, build_tokenizer, load_data, make_dataset, model_config
-    from cli_ref.vlm import CrossLayerInjection
+    from cli_ref.vlm import VLM
     cfg = TrainConfig(dataset='shapes', shapes_images=64, vit_steps=0)
     recs = load_data(cfg)[0][:40]
     tok = build_tokenizer(recs, 256)
-    model = CrossLayerInjection(model_config(cfg, tok)).eval()
+    model = VLM(model_config(cfg, tok)).eval()
     ds = make_dataset(recs, tok, model.cfg, cfg)
     cache = FeatureCache(model, ds, 'fp32', torch.device('cpu'), batch=7)
     assert len(cache.image_of.unique()) == len({r.image.ctypes.data for r in recs}) == 8  # each image once (5 questions each)

@@ -6,7 +6,7 @@ from torch import nn
 from cli_ref.llm import LLMConfig
 from cli_ref.tokenizer import IGNORE_INDEX
 from cli_ref.vit import ViTConfig
-from cli_ref.vlm import (VARIANTS, CrossLayerInjection, VLMConfig, added_params, causal_lm_loss, load_shared,
+from cli_ref.vlm import (VARIANTS, VLM, VLMConfig, added_params, causal_lm_loss, load_shared,
                          param_groups, perturb_zero_init)
 
 def small_cfg(variant, **kw):
@@ -24,18 +24,18 @@ def sample(text_len, seed):
 @pytest.fixture(scope='module', params=VARIANTS)
 def model(request):
     torch.manual_seed(0)
-    return perturb_zero_init(CrossLayerInjection(small_cfg(request.param)), std=0.1).eval()
+    return perturb_zero_init(VLM(small_cfg(request.param)), std=0.1).eval()
 
 def test_zero_init_equals_baseline():
     torch.manual_seed(0)
-    base = CrossLayerInjection(small_cfg('baseline')).eval()
+    base = VLM(small_cfg('baseline')).eval()
     px, ids = sample(7, 0)
     for v in ('static', 'cli', 'cli-last'):
         for kw in ({}, {'lora_on': 'both'}, {'share_kv': False}, {'inject_every': 1}):
-            m = load_shared(CrossLayerInjection(small_cfg(v, **kw)), base).eval()
+            m = load_shared(VLM(small_cfg(v, **kw)), base).eval()
             with torch.no_grad(): assert torch.equal(m(px[None], ids[None]), base(px[None], ids[None])), (v, kw)
     # and the comparison is not vacuous: once AGF's output projection moves, the logits move
-    m = perturb_zero_init(load_shared(CrossLayerInjection(small_cfg('cli')), base)).eval()
+    m = perturb_zero_init(load_shared(VLM(small_cfg('cli')), base)).eval()
     with torch.no_grad(): assert not torch.allclose(m(px[None], ids[None]), base(px[None], ids[None]), atol=1e-4)
 
 def test_causality(model):
@@ -79,7 +79,7 @@ def test_matmul_attention_equals_sdpa(model):
     px = torch.stack([p for p, _ in samples])
     out = {}
     for impl in ('sdpa', 'matmul'):
-        with use_attention(impl), torch.no_grad():
+        with use_attention(model, impl), torch.no_grad():
             out[impl] = (model(px, ids, attention_mask=am) * am[..., None], model.generate(px, ids, attention_mask=am, max_new_tokens=6))
     assert (out['sdpa'][0] - out['matmul'][0]).abs().max() < 1e-4
     assert torch.equal(out['sdpa'][1], out['matmul'][1])
@@ -94,7 +94,7 @@ def test_gradients_reach_every_trainable_parameter(model):
     assert not missing
 
 def test_wrong_number_of_image_tokens():
-    m = CrossLayerInjection(small_cfg('cli'))
+    m = VLM(small_cfg('cli'))
     px, ids = sample(4, 0)
     with pytest.raises(ValueError, match='have \\[5\\] image placeholder tokens; expected 0 or 16'):
         m(px[None], torch.cat([torch.full((5,), 3), ids[N + 1:]])[None])
@@ -124,7 +124,7 @@ def colour_batch(B, g):
 def train_colour_task(variant, steps=120):
     "The answer is only in early vision layers: the baseline's layer (the last) is made input-independent."
     torch.manual_seed(0)
-    m = CrossLayerInjection(small_cfg(variant, feature_layer=-1, vision_layers=(0, 1)))
+    m = VLM(small_cfg(variant, feature_layer=-1, vision_layers=(0, 1)))
     m.vit.blocks[-1] = ConstantBlock(48)
     groups = param_groups(m)
     opt = torch.optim.AdamW([{'params': groups['projector'] + groups['llm'], 'lr': 2e-3},
