@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_bench.ipynb #b4d16675
 from __future__ import annotations
-import datetime, os, platform, subprocess, time
+import datetime, json, os, platform, subprocess, time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from .vlm import VLM, VLMConfig, causal_lm_loss, n_params
 # %% auto #0
 __all__ = ['REAL_SIZES', 'timeit', 'matmul_peak', 'train_step_fn', 'step_flops', 'forward_flops', 'train_memory', 'hf_llava_like',
            'hf_step_fn', 'run_bench', 'format_bench', 'real_size_config', 'real_size_bench', 'format_real_size',
-           'image_check_speed']
+           'loss_check', 'image_check_speed']
 
 # %% ../nbs/13_bench.ipynb #c2a9b533
 def timeit(fn, repeats: int = 5, warmup: int = 1, device: torch.device | None = None) -> float:
@@ -293,6 +293,23 @@ def format_real_size(res: dict) -> str:
     out += [f"| {r['preset']} | {r['train']} | {r['seq']} | {r['cli']['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['cli_over_baseline']:.2f} | "
             f"{r['ours_over_hf']:.2f} | {f(r['cli']['peak_gb'], '.1f')} | {r['plan_gb']:.1f} | {f(r.get('peak_over_plan'))} |" for r in res['rows']]
     return '\n'.join(out)
+
+# %% ../nbs/13_bench.ipynb #70cce09c
+def loss_check(vit_steps: int = 20, instruct_steps: int = 30, seed: int = 0) -> dict:
+    "The main job's loss at each step of a short run on one thread: stage 0's last, then every instruct step."
+    import tempfile
+    from cli_ref.train import TrainConfig, train
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            cfg = TrainConfig(vit_steps=vit_steps, instruct_steps=instruct_steps, batch_size=16, log_every=1, ckpt_every=10 ** 6, seed=seed)
+            train(cfg, d, progress=False)
+            log = [json.loads(l) for l in (Path(d) / 'log.jsonl').read_text().splitlines()]
+    finally: torch.set_num_threads(threads)
+    vit = [r['loss'] for r in log if r['stage'] == 'vit']
+    return dict(commit=_commit(), vit_steps=vit_steps, instruct_steps=instruct_steps, seed=seed,
+                losses=vit[-1:] + [r['loss'] for r in log if r['stage'] == 'instruct'])
 
 # %% ../nbs/13_bench.ipynb #imgcheckcd1
 def image_check_speed(n: int = 2000, kinds=((64, 64, 'png'), (336, 448, 'jpg')), workers=(1, 2), folder: str | None = None) -> list[dict]:

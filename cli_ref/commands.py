@@ -149,7 +149,17 @@ def experiment_cmd(args) -> None:
 
 # %% ../nbs/10_commands.ipynb #8f2a482e
 def bench_cmd(args) -> None:
-    from cli_ref.bench import format_bench, format_real_size, image_check_speed, real_size_bench, run_bench
+    from cli_ref.bench import format_bench, format_real_size, image_check_speed, loss_check, real_size_bench, run_bench
+    if args.loss_check:
+        res = loss_check()
+        path = Path(args.results) / 'loss_check.json'
+        runs = json.loads(path.read_text()) if path.exists() else []
+        runs = [r for r in runs if r['commit'] != res['commit']] + [res]
+        path.parent.mkdir(parents=True, exist_ok=True); path.write_text(json.dumps(runs, indent=1))
+        same = [r['commit'] for r in runs[:-1] if r['losses'] == res['losses']]
+        print(f"{len(res['losses'])} losses at {res['commit']}: " + ', '.join(f'{x:.6f}' for x in res['losses'][:4]) + ' ...')
+        print(f"bit-identical to: {', '.join(same) or 'none of the recorded commits'} ({path})")
+        return
     if args.real_size:
         res = real_size_bench(batch=args.batch_size if args.batch_size != 32 else 1, device=args.device, quick=args.quick,
                               **({'presets': ('ov_0_5b',)} if args.quick else {}))
@@ -261,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--real-size', action='store_true', help='one --train cli and one --train cli+llm step at LLaVA-1.5-7B, OneVision '
                    '0.5B and 7B, random weights (a GPU; batch 1 unless --batch-size): memory against memory_plan, speed, CLI / '
                    'baseline, ours / transformers; writes data/results/bench_realsize_<device>.json')
+    b.add_argument('--loss-check', action='store_true', help="the main job's first losses (stage 0 cut to 20 steps, 30 instruct "
+                   "steps, one thread), added to data/results/loss_check.json: is the arithmetic the same as at the commits recorded?")
     b.add_argument('--quick', action='store_true', help='with --real-size: layers and vocabulary cut, OneVision 0.5B only: the same '
                    'code in about a minute on a CPU (a test, not a measurement)')
     b.set_defaults(func=bench_cmd)

@@ -21,8 +21,8 @@ from .data import VQADataset, VQARecord, collate, save_llava_json
 from .llava import (anyres_transform, attach_cli, checkpoint_folder, clip_transform, load_adapter, load_llava,
                            n_anyres_tokens)
 from .tokenizer import TEMPLATES, Tokenizer, train_bpe
-from .train import (TrainingError, _dist, _log, _set_trainable, _truncate_log, backward_batch, batch_indices,
-                           latest_checkpoint, llava_split, lr_factor, plot_loss, readable_records, start_run, write_checkpoint)
+from .train import (TrainingError, _dist, _log, _set_trainable, _truncate_log, batch_indices, latest_checkpoint,
+                           llava_split, lr_factor, optimizer_step, plot_loss, readable_records, start_run, write_checkpoint)
 from .vlm import VLM, VLMConfig
 
 # %% auto #0
@@ -288,21 +288,15 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, resume: bool = False, dev
     while step < steps:
         idx = batch_indices(len(ds), seen, cfg.batch_size, cfg.seed)[rank::world]
         micro = [collate([ds[i] for i in idx[k::cfg.grad_accum]], tok.pad_id) for k in range(cfg.grad_accum)]
-        for g in opt.param_groups: g['lr'] = g['base_lr'] * lr_factor(step, steps, cfg.warmup)
-        loss, n = backward_batch(net, micro, world, cfg.dtype, dev)
+        loss, n, gnorm = optimizer_step(net, opt, micro, trainable, lr_factor(step, steps, cfg.warmup), cfg, world, dev, step, out_dir)
         tok_count += n
-        if not math.isfinite(loss):
-            raise TrainingError(f"loss is {loss} at step {step + 1}: training stopped; the last good checkpoint is "
-                                f"{latest_checkpoint(out_dir) or 'none (no checkpoint written yet)'}; lower the learning rates or check the data")
-        gnorm = nn.utils.clip_grad_norm_(trainable, cfg.clip)
-        opt.step(); opt.zero_grad(set_to_none=True)
         step += 1; seen += cfg.batch_size
         if rank == 0:
             bar.update(1)
             if step % cfg.log_every == 0 or step == steps:
                 tps = tok_count * world / (time.perf_counter() - t_last)
                 bar.set_postfix(loss=f'{loss:.3f}', tok_s=f'{tps:,.0f}')
-                _log(out_dir, dict(step=step, stage=cfg.train, loss=loss, lr=opt.param_groups[0]['lr'], grad_norm=float(gnorm),
+                _log(out_dir, dict(step=step, stage=cfg.train, loss=loss, lr=opt.param_groups[0]['lr'], grad_norm=gnorm,
                                    tokens_per_s=tps, time=round(time.perf_counter() - t_start, 1)))
                 t_last, tok_count = time.perf_counter(), 0
         if step % cfg.ckpt_every == 0 or step == steps:

@@ -26,8 +26,8 @@ from .vlm import VLM, VLMConfig, causal_lm_loss, param_groups
 # %% auto #0
 __all__ = ['DATASETS', 'TrainConfig', 'lr_factor', 'batch_indices', 'load_data', 'llava_split', 'build_tokenizer', 'make_dataset',
            'write_checkpoint', 'save_checkpoint', 'latest_checkpoint', 'load_model_weights', 'load_optimizer',
-           'TrainingError', 'pretrain_vit', 'readable_records', 'FeatureCache', 'backward_batch', 'model_config',
-           'start_run', 'train', 'plot_loss']
+           'TrainingError', 'pretrain_vit', 'readable_records', 'FeatureCache', 'backward_batch', 'optimizer_step',
+           'model_config', 'start_run', 'train', 'plot_loss']
 
 # %% ../nbs/08_train.ipynb #88a6839d
 DATASETS = ('easy-vqa', 'shapes')
@@ -326,6 +326,19 @@ def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, de
     if world > 1: dist.all_reduce(loss_sum)
     return (loss_sum / n_tok).item(), tokens
 
+def optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, micro: list[dict], trainable: list, lr_scale: float, cfg,
+                   world: int, dev, step: int, out_dir: Path) -> tuple[float, int, float]:
+    """One step on a global batch: the schedule's learning rates, `backward_batch`, a stop that names the last good
+    checkpoint if the loss is not finite, gradient clipping, AdamW. (loss, tokens read here, gradient norm)."""
+    for g in opt.param_groups: g['lr'] = g['base_lr'] * lr_scale
+    loss, n = backward_batch(net, micro, world, cfg.dtype, dev)
+    if not math.isfinite(loss):
+        raise TrainingError(f"loss is {loss} at step {step + 1}: training stopped; the last good checkpoint is "
+                            f"{latest_checkpoint(out_dir) or 'none (no checkpoint written yet)'}; lower the learning rate or check the data")
+    gnorm = nn.utils.clip_grad_norm_(trainable, cfg.clip)
+    opt.step(); opt.zero_grad(set_to_none=True)
+    return loss, n, float(gnorm)
+
 def model_config(cfg: TrainConfig, tok: Tokenizer) -> VLMConfig:
     "The model config of a run: the preset's, with the tokenizer's vocabulary and image id."
     m = VLMConfig.from_dict(cfg.model.to_dict())
@@ -337,6 +350,7 @@ def start_run(cfg, out_dir: str | Path, resume: bool, device: str | None):
     (another run's folder, a changed config, a batch that does not split) and seeding. Shared with `14_finetune`."""
     rank, world = _dist()
     dev = default_device(device) if world == 1 or not torch.cuda.is_available() else torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    if dev.type == 'cuda' and dev.index is not None: torch.cuda.set_device(dev)  # NCCL and FSDP2 use the current device
     out_dir = Path(out_dir)
     ckpt = _check_run_dir(out_dir, cfg, resume)
     if cfg.batch_size % (world * cfg.grad_accum): raise ValueError(f"batch_size must divide by processes x grad_accum ({world * cfg.grad_accum})")
@@ -400,15 +414,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
             idx = batch_indices(len(ds), seen, cfg.batch_size, cfg.seed)[rank::world]
             micro = [cache.batch(ds, idx[k::cfg.grad_accum], tok.pad_id) if cache else collate([ds[i] for i in idx[k::cfg.grad_accum]], tok.pad_id)
                      for k in range(cfg.grad_accum)]
-            for g in opt.param_groups: g['lr'] = g['base_lr'] * lr_factor(s_step, stage['steps'], cfg.warmup)
-            loss, n = backward_batch(net, micro, world, cfg.dtype, dev)
+            loss, n, gnorm = optimizer_step(net, opt, micro, trainable, lr_factor(s_step, stage['steps'], cfg.warmup), cfg,
+                                            world, dev, step, out_dir)
             tok_count += n
-            if not math.isfinite(loss):
-                last = latest_checkpoint(out_dir)
-                raise TrainingError(f"loss is {loss} at step {step + 1}: training stopped; the last good checkpoint is "
-                                    f"{last if last else 'none (no checkpoint written yet)'}; lower the learning rate or check the data")
-            gnorm = nn.utils.clip_grad_norm_(trainable, cfg.clip)
-            opt.step(); opt.zero_grad(set_to_none=True)
             step += 1; seen += cfg.batch_size
             if rank == 0:
                 bar.update(1)
@@ -417,7 +425,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
                     tps = tok_count * world / dt
                     bar.set_postfix(loss=f'{loss:.3f}', tok_s=f'{tps:,.0f}')
                     _log(out_dir, dict(step=step, stage=stage['name'], loss=loss, lr=opt.param_groups[0]['lr'],
-                                       grad_norm=float(gnorm), tokens_per_s=tps, time=round(time.perf_counter() - t_start, 1)))
+                                       grad_norm=gnorm, tokens_per_s=tps, time=round(time.perf_counter() - t_start, 1)))
                     t_last, tok_count = time.perf_counter(), 0
             if step % cfg.ckpt_every == 0 or s_step == stage['steps'] - 1:
                 if rank == 0: save_checkpoint(out_dir, step, model, opt, dict(step=step, seen=seen, config=cfg.to_dict()), cfg.keep_last)
