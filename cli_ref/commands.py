@@ -49,11 +49,10 @@ def train_cmd(args) -> None:
     if args.base: return finetune_cmd(args)
     vit_steps = args.vit_steps if args.vit_steps is not None else 0 if args.data else TrainConfig.vit_steps
     d = TrainConfig
-    o = _given(args, steps=d.instruct_steps, vision_lr=d.vit_lr if args.data and not vit_steps else d.vision_lr,
-               batch_size=d.batch_size, ckpt_every=d.ckpt_every)
-    if args.data and not vit_steps and args.vision_lr is None:
-        print(f"{args.data} has no image-level labels for stage 0: the tower trains end to end with the LLM in the instruct "
-              f"stage (vision lr {o['vision_lr']:g}; --vision-lr 0 keeps the random tower frozen)")
+    o = _given(args, steps=d.instruct_steps, vision_lr=d.vision_lr, batch_size=d.batch_size, ckpt_every=d.ckpt_every)
+    if args.data and not vit_steps and not o['vision_lr']:
+        print(f"{args.data} has no image-level labels for stage 0: the tower keeps its random initialisation, frozen (on two "
+              f"sets this beat training it end to end with the LLM: RESULTS.md, 'Your own data'; --vision-lr 5e-4 trains it)")
     cfg = TrainConfig(model=VLMConfig.preset(args.preset, variant=args.variant), instruct_steps=o['steps'],
                       vit_steps=vit_steps, vision_lr=o['vision_lr'], align_steps=args.align_steps, batch_size=o['batch_size'], turns=args.turns,
                       seed=args.seed, dtype=args.dtype, ckpt_every=o['ckpt_every'], **_dataset_fields(args))

@@ -198,7 +198,7 @@ def save_llava_json(records: Sequence[VQARecord], path: str | Path, image_folder
     out, written = [], {}
     for r in records:
         if isinstance(r.image, np.ndarray):
-            key = id(r.image)
+            key = (r.image.ctypes.data, r.image.shape)  # by address: the records of one image hold views of one array
             if key not in written:
                 written[key] = f'{r.id}.png'
                 dest = image_folder / written[key]
