@@ -102,14 +102,19 @@ def _model_of(args):
     if not args.checkpoint: raise ValueError("give --checkpoint RUN (a cli_ref train run), or --base DIR [--adapter RUN] (a llava-hf checkpoint)")
     return (*load_run(args.checkpoint, args.device), make_dataset)
 
+def _readable_test(test: list, policy: str) -> list:
+    "LLaVA-format test records whose images open (`check_images`), saying which were left out."
+    test, bad = check_images(test, policy)
+    if bad: print(f"left out {len(bad)} test record(s) with unreadable images: {', '.join(b['id'] for b in bad[:5])}{' ...' if len(bad) > 5 else ''}")
+    return test
+
 def eval_cmd(args) -> None:
     model, tok, cfg, make = _model_of(args)
     if args.base:
         if not args.data: raise DataError("--base needs --data FILE.json (and --image-folder DIR): the test records")
         test = llava_split(args.data, args.test_data or '', args.image_folder or '', train=False)[1]
         if args.limit: test = test[:args.limit]
-        test, bad = check_images(test, args.bad_images)
-        if bad: print(f"left out {len(bad)} test record(s) with unreadable images: {', '.join(b['id'] for b in bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        test = _readable_test(test, args.bad_images)
         res = evaluate(model, tok, test, cfg, out=Path(args.adapter) if args.adapter else None, batch_size=args.batch_size,
                        make=make, max_new_tokens=args.max_new_tokens)
         return print(format_results(res))
@@ -118,9 +123,7 @@ def eval_cmd(args) -> None:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **_dataset_fields(args)})
     _, test, _ = load_data(cfg, train=False)
     if args.limit: test = test[:args.limit]
-    if cfg.dataset == 'llava':
-        test, bad = check_images(test, args.bad_images)
-        if bad: print(f"left out {len(bad)} test record(s) with unreadable images: {', '.join(b['id'] for b in bad[:5])}{' ...' if len(bad) > 5 else ''}")
+    if cfg.dataset == 'llava': test = _readable_test(test, args.bad_images)
     res = evaluate(model, tok, test, cfg, out=Path(args.checkpoint), batch_size=args.batch_size)
     print(format_results(res))
     if cfg.dataset == 'llava' and trained_on.dataset == 'llava':
