@@ -12,7 +12,7 @@ from cli_ref.finetune import (FinetuneConfig, base_tokenizer, finetune, load_bas
                               tiny_llava_checkpoint, toy_llava_data)
 from cli_ref.llava import attach_cli, load_adapter, load_llava, save_adapter
 from cli_ref.tokenizer import IGNORE_INDEX
-from cli_ref.train import latest_checkpoint
+from cli_ref.checkpoints import latest_checkpoint
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 CLI = shutil.which('cli_ref')
@@ -66,7 +66,7 @@ def test_loss_falls_checkpoint_holds_what_trains_and_reloads_exactly(world, tmp_
     ckpt = latest_checkpoint(tmp_path)
     held = load_file(ckpt / 'adapter.safetensors')
     assert set(held) == {n for n, p in model.named_parameters() if p.requires_grad}
-    assert all(k.startswith(('projector.', 'amp.', 'agf.', 'bank_kv.', 'image_newline') + (('llm.', 'vit.') if train == 'cli+llm' else ()))
+    assert all(k.startswith(('projector.', 'amp.', 'injector.', 'image_newline') + (('llm.', 'vit.') if train == 'cli+llm' else ()))
                for k in held)
     back, tok2, _ = load_finetuned(str(world[kind]), str(tmp_path))
     b = batch(world, model, tok, cfg)

@@ -43,7 +43,7 @@ def test_cli_zero_init_and_adapter_round_trip(pair, tmp_path):
     px, ids = inputs(1)
     cli = attach_cli(base).eval()
     with torch.no_grad(): assert torch.equal(cli(px, ids), base(px, ids))
-    assert all(p.requires_grad == n.startswith(('amp.', 'agf.', 'bank_kv.')) for n, p in cli.named_parameters())
+    assert all(p.requires_grad == n.startswith(('amp.', 'injector.')) for n, p in cli.named_parameters())
     with torch.no_grad():
         for p in cli_parameters(cli).values(): p.add_(torch.randn_like(p) * 0.05)
         out = cli(px, ids)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_ref.train import TrainConfig, TrainingError, latest_checkpoint, train
+from cli_ref.checkpoints import latest_checkpoint
+from cli_ref.train import TrainConfig, TrainingError, train
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 CLI = shutil.which('cli_ref')  # the console script `pip install -e .` put on PATH

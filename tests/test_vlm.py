@@ -6,7 +6,8 @@ from torch import nn
 from cli_ref.llm import LLMConfig
 from cli_ref.tokenizer import IGNORE_INDEX
 from cli_ref.vit import ViTConfig
-from cli_ref.vlm import (VARIANTS, VLM, VLMConfig, added_params, causal_lm_loss, load_shared,
+from cli_ref.injectors import VARIANTS
+from cli_ref.vlm import (VLM, VLMConfig, added_params, causal_lm_loss, load_shared,
                          param_groups, perturb_zero_init)
 
 def small_cfg(variant, **kw):
@@ -71,7 +72,7 @@ def test_padded_batch_equals_alone(model):
 
 def test_matmul_attention_equals_sdpa(model):
     "The two attention kernels are one function: every variant gives the same logits (padded batch) and tokens."
-    from cli_ref.vit import use_attention
+    from cli_ref.layers import use_attention
     samples = [sample(n, 20 + n) for n in (3, 8)]
     T = max(len(i) for _, i in samples)
     ids = torch.stack([torch.cat([torch.zeros(T - len(i), dtype=torch.long), i]) for _, i in samples])
@@ -136,15 +137,14 @@ def train_colour_task(variant, steps=120):
         opt.zero_grad(); loss.backward(); opt.step()
     px, ids, _, y = colour_batch(256, torch.Generator().manual_seed(1))
     m.eval()
-    trace = []
-    with torch.no_grad(): pred = m(px, ids[:, :-1], trace=trace)[:, -1].argmax(-1) - 5
-    return (pred == y).float().mean().item(), trace, m
+    with torch.no_grad(): logits, gates = m(px, ids[:, :-1], return_gates=True)
+    return (logits[:, -1].argmax(-1) - 5 == y).float().mean().item(), gates, m
 
 def test_gate_opens_where_only_early_layers_know():
     acc_base, _, _ = train_colour_task('baseline')
-    acc_cli, trace, m = train_colour_task('cli')
+    acc_cli, gates, m = train_colour_task('cli')
     assert acc_base < 0.45, acc_base                  # chance is 0.25: the last layer carries nothing
     assert acc_cli > 0.9, acc_cli
-    assert any(a.o_proj.weight.abs().max() > 1e-2 for a in m.agf.values())  # the injection opened from exactly zero
+    assert any(a.o_proj.weight.abs().max() > 1e-2 for a in m.injector.agf.values())  # the injection opened from exactly zero
     # the layer choice learned to ignore the bank fed by the input-independent last layer (uniform would be 1/3)
-    assert all(e['alpha'][:, -1].mean() < 0.1 for e in trace)
+    assert all(e['alpha'][:, -1].mean() < 0.1 for e in gates)
