@@ -272,6 +272,7 @@ def _write_header(cfg: FinetuneConfig, out_dir: Path, model: VLM, opt, ds, steps
           f"{n_train:,} of {sum(p.numel() for p in model.parameters()):,} parameters train, {where}")
     print('  ' + ', '.join(f"{g['name']} (lr {g['lr']:g})" for g in opt.param_groups))
 
+# %% ../nbs/18_finetune.ipynb #229646c3
 def finetune(cfg: FinetuneConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
              progress: bool = True) -> tuple[VLM, Tokenizer]:
     "Train CLI (and the LLM with `train='cli+llm'`) on a llava-hf base; checkpoints, log and loss.png in `out_dir`."

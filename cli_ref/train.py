@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from fastcore.basics import patch
 from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -50,7 +51,7 @@ class TrainConfig(ConfigMixin):
     tower: str = ''                  # safetensors file of pretrained tower weights, loaded before stage 0
     vit_steps: int = 700             # stage 0: pretrain the tower on image-level labels, then freeze it
     align_steps: int = 0             # stage 1: projector only
-    instruct_steps: int = 2000       # stage 2: projector, AMP, AGF, LLM (+ tower if vision_lr > 0)
+    instruct_steps: int = 3000       # stage 2: projector, AMP, AGF, LLM (+ tower if vision_lr > 0)
     batch_size: int = 32             # global batch (all processes, all accumulation steps)
     vit_batch_size: int = 64         # stage 0 batch
     grad_accum: int = 1
@@ -80,17 +81,19 @@ class TrainConfig(ConfigMixin):
         if self.dtype not in ('auto', 'bf16', 'fp32'): raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', not {self.dtype!r}")
         if self.batch_size % self.grad_accum: raise ValueError("batch_size must divide by grad_accum")
 
-    def stages(self) -> list[dict]:
-        "The stages with steps > 0: name, steps, and the learning rate of each trained group."
-        new = {'amp': self.new_lr, 'agf': self.new_lr}
-        s2 = {'projector': self.lr, **new, 'llm': self.lr, **({'vision': self.vision_lr} if self.vision_lr else {})}
-        all_ = [dict(name='vit', steps=self.vit_steps, lrs={'vision': self.vit_lr}),
-                dict(name='align', steps=self.align_steps, lrs={'projector': self.align_lr}),
-                dict(name='instruct', steps=self.instruct_steps, lrs=s2)]
-        return [s for s in all_ if s['steps'] > 0]
+# %% ../nbs/12_train.ipynb #2387319c
+@patch
+def stages(self: TrainConfig) -> list[dict]:
+    "The stages with steps > 0: name, steps, and the learning rate of each trained group."
+    new = {'amp': self.new_lr, 'agf': self.new_lr}
+    s2 = {'projector': self.lr, **new, 'llm': self.lr, **({'vision': self.vision_lr} if self.vision_lr else {})}
+    all_ = [dict(name='vit', steps=self.vit_steps, lrs={'vision': self.vit_lr}),
+            dict(name='align', steps=self.align_steps, lrs={'projector': self.align_lr}),
+            dict(name='instruct', steps=self.instruct_steps, lrs=s2)]
+    return [s for s in all_ if s['steps'] > 0]
 
-    @property
-    def total_steps(self) -> int: return sum(s['steps'] for s in self.stages())
+@patch(as_prop=True)
+def total_steps(self: TrainConfig) -> int: return sum(s['steps'] for s in self.stages())
 
 # %% ../nbs/12_train.ipynb #b67da89e
 def lr_factor(step: int, total: int, warmup: float) -> float:

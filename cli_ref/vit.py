@@ -10,6 +10,7 @@ from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import nn
 
 from .core import ConfigMixin, load_state_checked
@@ -156,25 +157,30 @@ class VisionTransformer(nn.Module):
         return self.norm_pre(x + resample_pos_embed(self.pos_embed, math.isqrt(x.shape[1] - self.cfg.n_prefix),
                                                     self.cfg.n_prefix, self.cfg.pos_antialias))
 
-    def forward_intermediates(self, x, indices: int | Sequence[int] | None = None, norm: bool = False) -> list[torch.Tensor]:
-        "Token states (B, T, D) after each chosen block (timm's `indices` rule); `norm` applies the final norm."
-        idx = resolve_indices(indices, len(self.blocks))
-        x, out = self.embed(x), []
-        for i, blk in enumerate(self.blocks[:idx[-1] + 1]):
-            x = blk(x)
-            if i in idx: out.append(self.norm(x) if norm else x)
-        return out
+# %% ../nbs/02_vit.ipynb #f59f4a92
+@patch
+def forward_intermediates(self: VisionTransformer, x, indices: int | Sequence[int] | None = None, norm: bool = False) -> list[torch.Tensor]:
+    "Token states (B, T, D) after each chosen block (timm's `indices` rule); `norm` applies the final norm."
+    idx = resolve_indices(indices, len(self.blocks))
+    x, out = self.embed(x), []
+    for i, blk in enumerate(self.blocks[:idx[-1] + 1]):
+        x = blk(x)
+        if i in idx: out.append(self.norm(x) if norm else x)
+    return out
 
-    def forward_features(self, x):
-        "Final token states (B, T, D), normed."
-        return self.norm(self.forward_intermediates(x, 1)[0])
+@patch
+def forward_features(self: VisionTransformer, x):
+    "Final token states (B, T, D), normed."
+    return self.norm(self.forward_intermediates(x, 1)[0])
 
-    def forward_head(self, x):
-        "Pool (class token or mean of patch tokens) and classify."
-        x = x[:, 0] if self.cfg.pool == 'token' else x[:, self.cfg.n_prefix:].mean(1)
-        return self.head(x)
+@patch
+def forward_head(self: VisionTransformer, x):
+    "Pool (class token or mean of patch tokens) and classify."
+    x = x[:, 0] if self.cfg.pool == 'token' else x[:, self.cfg.n_prefix:].mean(1)
+    return self.head(x)
 
-    def forward(self, x): return self.forward_head(self.forward_features(x))
+@patch
+def forward(self: VisionTransformer, x): return self.forward_head(self.forward_features(x))
 
 # %% ../nbs/02_vit.ipynb #c875dcae
 _HF_BLOCK = {'layer_norm1': 'norm1', 'layer_norm2': 'norm2', 'self_attn.out_proj': 'attn.proj',
