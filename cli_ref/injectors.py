@@ -79,6 +79,8 @@ class Injector(nn.Module):
 
     def forward(self, j: int, h: torch.Tensor, past: int, state: Injection) -> torch.Tensor: return h
 
+    def fusion_parameters(self) -> list[nn.Parameter]: return list(self.parameters())
+
 variant('baseline')(Injector);
 
 # %% ../nbs/08_injectors.ipynb #ea2659c5
@@ -141,6 +143,17 @@ class AGFInjector(Injector):
 
     def prepare(self, banks, bank_mask, vis, recompute=False):
         return Injection(banks, bank_mask, vis, {} if recompute else self.memory(banks, bank_mask), recompute)
+
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        """Layer by layer: each AGF's gate parameters, the keys/values it reads (a shared set once, with the first layer),
+        then its projections and norms: the order of the layout before this one. The gradient clip sums the parameters'
+        norms in this order, so the main job computes, bit for bit, what it computed before (`17_bench`)."""
+        out, seen = [], set()
+        for j, agf in self.agf.items():
+            kv = self.kv if isinstance(self.kv, BankKV) else self.kv[j]
+            for p in [*agf.parameters(recurse=False), *kv.parameters(), *(p for m in agf.children() for p in m.parameters())]:
+                if id(p) not in seen: seen.add(id(p)); out.append(p)
+        return out
 
     def forward(self, j, h, past, state):
         if str(j) not in self.agf: return h

@@ -237,7 +237,7 @@ def param_groups(model: VLM) -> dict[str, list[nn.Parameter]]:
     newline = [model.image_newline] if hasattr(model, 'image_newline') else []  # AnyRes models' row-end embedding
     groups = {'vision': vision, 'projector': list(model.projector.parameters()) + newline,
               'amp': list(model.amp.lora.parameters()) if model.amp is not None else [],
-              'agf': list(model.injector.parameters()), 'llm': list(model.llm.parameters())}
+              'agf': model.injector.fusion_parameters(), 'llm': list(model.llm.parameters())}
     return groups
 
 # %% ../nbs/09_vlm.ipynb #5dd71469
