@@ -80,7 +80,9 @@ def load_model_weights(model: nn.Module, ckpt: Path) -> nn.Module:
     try: sd = load_file(path)
     except FileNotFoundError: raise FileNotFoundError(f"no model weights at {path}") from None
     except Exception as e: raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
-    aliases = [k for k in model.state_dict() if k not in unique_tensors(model.state_dict())]
+    own = model.state_dict()
+    kept = unique_tensors(own)
+    aliases = [k for k in own if k not in kept]
     return load_state_checked(model, upgrade_state(sd), str(path), ignore_missing=aliases)
 
 def load_optimizer(opt: torch.optim.Optimizer, ckpt: Path, state: dict) -> None:

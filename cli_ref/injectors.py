@@ -134,12 +134,16 @@ class AGFInjector(Injector):
     def injection_layers(cls, cfg):
         return cfg.inject_layers or tuple(range(cfg.inject_start, cfg.llm.n_layers, cfg.inject_every))
 
+    def bank_kv(self, j: str) -> BankKV:
+        "The keys/values module injection layer `j` reads: the shared one, or its own."
+        return self.kv if isinstance(self.kv, BankKV) else self.kv[j]
+
     def memory(self, banks, bank_mask) -> dict[int, tuple]:
         "Keys, values and key mask of the banks per injection layer (the shared set computed once for all)."
         if isinstance(self.kv, BankKV):
             kv = self.kv(banks, bank_mask)
             return {int(j): kv for j in self.agf}
-        return {int(j): self.kv[j](banks, bank_mask) for j in self.agf}
+        return {int(j): self.bank_kv(j)(banks, bank_mask) for j in self.agf}
 
     def prepare(self, banks, bank_mask, vis, recompute=False):
         return Injection(banks, bank_mask, vis, {} if recompute else self.memory(banks, bank_mask), recompute)
@@ -150,14 +154,13 @@ class AGFInjector(Injector):
         norms in this order, so the main job computes, bit for bit, what it computed before (`17_bench`)."""
         out, seen = [], set()
         for j, agf in self.agf.items():
-            kv = self.kv if isinstance(self.kv, BankKV) else self.kv[j]
-            for p in [*agf.parameters(recurse=False), *kv.parameters(), *(p for m in agf.children() for p in m.parameters())]:
+            for p in [*agf.parameters(recurse=False), *self.bank_kv(j).parameters(), *(p for m in agf.children() for p in m.parameters())]:
                 if id(p) not in seen: seen.add(id(p)); out.append(p)
         return out
 
     def forward(self, j, h, past, state):
         if str(j) not in self.agf: return h
-        kv = self.memory(state.banks, state.bank_mask)[j] if state.recompute else state.memory[j]
+        kv = self.bank_kv(str(j))(state.banks, state.bank_mask) if state.recompute else state.memory[j]
         h, gates = self.agf[str(j)](h, kv, state.vis.any(1))
         state.gates.append(dict(layer=j, **gates))
         return h
