@@ -57,7 +57,7 @@ def train_cmd(args) -> None:
               f"sets this beat training it end to end with the LLM: RESULTS.md, 'Your own data'; --vision-lr 5e-4 trains it)")
     cfg = TrainConfig(model=VLMConfig.preset(args.preset, variant=args.variant), instruct_steps=o['steps'],
                       vit_steps=vit_steps, vision_lr=o['vision_lr'], align_steps=args.align_steps, batch_size=o['batch_size'], turns=args.turns,
-                      balance=args.balance,
+                      balance=args.balance, restate=args.restate,
                       seed=args.seed, dtype=args.dtype, ckpt_every=o['ckpt_every'], **_dataset_fields(args))
     out = Path(args.output or f"runs/{cfg.dataset}-{args.variant}-{args.preset}-seed{args.seed}")
     t0 = time.perf_counter()
@@ -229,6 +229,9 @@ def _train_parser(sub, common) -> None:
     t.add_argument('--balance', type=float, default=TrainConfig.balance,
                    help='repeat the rare answers of each question pattern by (most common / theirs) ** BALANCE in every epoch; '
                         '0 = the data as it is (default %(default)s; 12_train)')
+    t.add_argument('--restate', type=float, default=TrainConfig.restate,
+                   help="this share of the training questions that name one answer word ('is there a red shape?') also enters "
+                        "as '... what does it name?' -> the word: supervises reading the question (default %(default)s; 0 = off; 12_train)")
     t.add_argument('--turns', type=int, default=TrainConfig.turns,
                    help="join an image's questions this many at a time into one multi-turn training sample (default %(default)s)")
     t.add_argument('--dtype', choices=('auto', 'bf16', 'fp32'), default='auto',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_train.ipynb #221e4a47
 from __future__ import annotations
-import json, math, os, time
+import json, math, os, random, time
 from collections import Counter, defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -21,18 +21,18 @@ from tqdm.auto import tqdm
 from .checkpoints import (append_log, latest_checkpoint, load_model_weights, load_optimizer, read_log, save_checkpoint,
                                  truncate_log)
 from .core import ConfigMixin, autocast, default_device, load_state_checked, set_seed
-from .data import (DataError, VQADataset, check_images, collate, easy_vqa_image_labels, group_turns, image_transform,
+from .data import (DataError, VQADataset, VQARecord, check_images, collate, easy_vqa_image_labels, group_turns, image_transform,
                           load_easy_vqa, load_llava_json, load_shapes)
 from .plots import loss_figure, save_figure
 from .tokenizer import IGNORE_INDEX, TEMPLATES, Tokenizer, train_bpe
 from .vlm import VLM, VLMConfig, causal_lm_loss, param_groups
 
 # %% auto #0
-__all__ = ['DATASETS', 'TrainConfig', 'lr_factor', 'batch_indices', 'question_pattern', 'balance_repeats', 'load_data',
-           'llava_split', 'build_tokenizer', 'make_dataset', 'model_config', 'TrainingError', 'rank_and_world',
-           'set_trainable', 'stage_at', 'pretrain_vit', 'check_run_dir', 'readable_records', 'FeatureCache',
-           'backward_batch', 'optimizer_step', 'start_run', 'Run', 'prepare_run', 'vit_stage', 'cache_features',
-           'Progress', 'lm_stage', 'train']
+__all__ = ['DATASETS', 'RESTATE', 'TrainConfig', 'lr_factor', 'batch_indices', 'question_pattern', 'balance_repeats',
+           'restate_records', 'load_data', 'llava_split', 'build_tokenizer', 'make_dataset', 'model_config',
+           'TrainingError', 'rank_and_world', 'set_trainable', 'stage_at', 'pretrain_vit', 'check_run_dir',
+           'readable_records', 'FeatureCache', 'backward_batch', 'optimizer_step', 'start_run', 'Run', 'prepare_run',
+           'vit_stage', 'cache_features', 'Progress', 'lm_stage', 'train']
 
 # %% ../nbs/12_train.ipynb #88a6839d
 DATASETS = ('easy-vqa', 'shapes')
@@ -56,6 +56,7 @@ class TrainConfig(ConfigMixin):
     vit_batch_size: int = 64         # stage 0 batch
     grad_accum: int = 1
     balance: float = 0.0             # repeat rare answers of a question pattern by (most common / theirs) ** balance; 0 = off
+    restate: float = 0.25            # this share of the questions naming one answer word also asks for that word; 0 = off
     lr: float = 2e-3                 # LLM and projector in stage 2
     align_lr: float = 2e-3           # projector in stage 1
     new_lr: float = 4e-3             # AMP and AGF (new modules learn faster)
@@ -130,6 +131,22 @@ def balance_repeats(records, power: float) -> list[int]:
     for (pattern, _), n in counts.items(): top[pattern] = max(top[pattern], n)
     return [max(1, round((top[p] / counts[p, a]) ** power)) for p, a in keys]
 
+# %% ../nbs/12_train.ipynb #6651b4ba
+RESTATE = ' what does it name?'
+
+def restate_records(records, share: float, seed: int = 0) -> list:
+    """Auxiliary records: for about `share` of the records whose last question names exactly one answer word, the same
+    image and question followed by `RESTATE`, answered with that word (family 'restate'). Deterministic in `seed`."""
+    if not share: return []
+    answers, rng, out = {a.lower() for r in records for _, a in r.turns}, random.Random(seed), []
+    for r in records:
+        q = r.turns[-1][0]
+        named = [w for w in (w.strip('?.,!').lower() for w in q.split()) if w in answers]
+        if len(named) == 1 and rng.random() < share:
+            q = q if '<image>' in q else f'<image>\n{q}'
+            out.append(VQARecord(f'{r.id}-restate', r.image, [(q + RESTATE, named[0])], 'restate', r.kind))
+    return out
+
 # %% ../nbs/12_train.ipynb #69a9969e
 def load_data(cfg: TrainConfig, train: bool = True):
     """(train records, test records, (train images, image-level labels) for stage 0 or None). With `train=False`
@@ -160,10 +177,9 @@ def llava_split(data: str, test_data: str, image_folder: str, train: bool = True
     cut = len(recs) - max(1, len(recs) // 10)
     return recs[:cut], recs[cut:]
 
-def build_tokenizer(records, vocab_size: int, template: str | None = None) -> Tokenizer:
-    """A BPE trained on the questions and answers; with `template`, on them as that chat template writes them, so its
-    words ('USER:', 'ASSISTANT:') become single tokens instead of one token per letter (the main job does not)."""
-    if template is None: return train_bpe((t for r in records for q, a in r.turns for t in (q, a)), vocab_size)
+def build_tokenizer(records, vocab_size: int, template: str = 'tiny') -> Tokenizer:
+    """A BPE trained on the questions and answers as the chat `template` writes them, so that its words ('USER:',
+    'ASSISTANT:') become tokens of their own instead of one token per letter."""
     t = TEMPLATES[template]
     return train_bpe((t.user.format(q) + t.answer.format(a) for r in records for q, a in r.turns), vocab_size)
 
@@ -351,9 +367,9 @@ def prepare_run(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, dev
     rank, world, dev, out_dir, ckpt = start_run(cfg, out_dir, resume, device)
     train_recs, _, pretrain = load_data(cfg)
     if cfg.dataset == 'llava': train_recs = readable_records(train_recs, cfg.bad_images, out_dir, rank == 0, progress)
-    train_recs = group_turns(train_recs, cfg.turns, cfg.seed)
+    train_recs = group_turns(train_recs + restate_records(train_recs, cfg.restate, cfg.seed), cfg.turns, cfg.seed)
     if (out_dir / 'tokenizer.json').exists() and ckpt: tok = Tokenizer.from_file(out_dir / 'tokenizer.json')
-    else: tok = build_tokenizer(train_recs, cfg.vocab_size)
+    else: tok = build_tokenizer(train_recs, cfg.vocab_size, cfg.template)
     mcfg = model_config(cfg, tok)
     model = VLM(mcfg).to(dev)
     ds = make_dataset(train_recs, tok, mcfg, cfg)
@@ -376,6 +392,8 @@ def _write_header(run: Run) -> None:
     (out_dir / 'config.json').write_text(json.dumps({'model': mcfg.to_dict(), 'train': cfg.to_dict()}, indent=1))
     truncate_log(out_dir, run.step)
     repeated = f", {len(run.pool):,} an epoch with rare answers repeated" if len(run.pool) > len(run.ds) else ''
+    restated = sum(r.family == 'restate' for r in run.ds.records)
+    repeated += f", {restated:,} of them restating a named word" if restated else ''
     print(f"training {mcfg.variant} on {cfg.dataset} ({len(run.ds):,} samples, {run.ds.skipped} skipped as too long{repeated}), "
           f"{sum(p.numel() for p in run.model.parameters()):,} parameters, device {run.dev}, {run.world} process(es)")
     has = {k for k, ps in param_groups(run.model).items() if ps}
