@@ -15,7 +15,7 @@ from .data import VQARecord, collate
 from .tokenizer import Tokenizer
 from .checkpoints import latest_checkpoint, load_model_weights, read_log
 from .plots import gate_heatmap, gate_strip, plot_gates, report_figure, save_figure
-from .train import TrainConfig, make_dataset
+from .train import FeatureCache, TrainConfig, make_dataset
 from .vlm import VLM, VLMConfig
 
 # %% auto #0
@@ -45,24 +45,30 @@ def load_run(path: str | Path, device: str | None = None) -> tuple[VLM, Tokenize
 
 # %% ../nbs/13_evaluate.ipynb #a675488d
 def prompt_batches(model: VLM, tok: Tokenizer, records: list[VQARecord], tcfg: TrainConfig, batch_size: int = 128,
-                   make=make_dataset):
+                   make=make_dataset, cache: bool = False):
     """The prompts of `records` (up to their last question), left-padded, in batches on the model's device. `make`
-    builds the dataset (a llava-hf base has its own chat format and image processing: `18_finetune`)."""
+    builds the dataset (a llava-hf base has its own chat format and image processing: `18_finetune`). With `cache`
+    (one-crop models), each distinct image goes through the tower once (`FeatureCache`, `12_train`) and the batches
+    carry its `features` instead of pixels: a test set asks several questions of each image."""
     ds = make(records, tok, model.cfg, tcfg, prompt_only=True)
     if len(ds) != len(records): raise ValueError(f"{len(records) - len(ds)} prompts are longer than max_len={tcfg.max_len}")
     dev = next(model.parameters()).device
+    features = FeatureCache(model, ds, tcfg.dtype, dev) if cache else None
     for i in range(0, len(ds), batch_size):
-        b = collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))], tok.pad_id, side='left')
-        yield {k: v.to(dev) for k, v in b.items()}
+        idx = list(range(i, min(i + batch_size, len(ds))))
+        b = features.batch(ds, idx, tok.pad_id, 'left') if cache else collate([ds[j] for j in idx], tok.pad_id, side='left')
+        yield {k: {l: f.to(dev) for l, f in v.items()} if isinstance(v, dict) else v.to(dev) for k, v in b.items()}
 
 @torch.no_grad()
 def answer(model: VLM, tok: Tokenizer, records: list[VQARecord], tcfg: TrainConfig,
-           batch_size: int = 128, max_new_tokens: int = 8, make=make_dataset) -> list[str]:
-    "Greedy answers to the last question of each record, each stopped at the tokenizer's end token."
+           batch_size: int = 128, max_new_tokens: int = 8, make=make_dataset, cache: bool | None = None) -> list[str]:
+    """Greedy answers to the last question of each record, each stopped at the tokenizer's end token. `cache`: encode
+    each distinct image once (`prompt_batches`); None = wherever that works (our datasets, one crop per image)."""
     out = []
-    for b in prompt_batches(model, tok, records, tcfg, batch_size, make):
-        gen = model.generate(b['pixel_values'], b['input_ids'], b['attention_mask'], image_sizes=b.get('image_sizes'),
-                             max_new_tokens=max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    if cache is None: cache = make is make_dataset and not model.cfg.anyres
+    for b in prompt_batches(model, tok, records, tcfg, batch_size, make, cache):
+        gen = model.generate(b.get('pixel_values'), b['input_ids'], b['attention_mask'], image_sizes=b.get('image_sizes'),
+                             features=b.get('features'), max_new_tokens=max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id)
         out += [tok.decode(row.tolist()).strip() for row in gen]
     return out
 

@@ -287,9 +287,9 @@ class FeatureCache:
     @property
     def nbytes(self) -> int: return sum(v.numel() * v.element_size() for v in self.features.values())
 
-    def batch(self, ds: VQADataset, idx: list[int], pad_id: int) -> dict:
-        "`collate` of items `idx` without images, plus their cached `features`."
-        b = collate([ds.text(i) for i in idx], pad_id)
+    def batch(self, ds: VQADataset, idx: list[int], pad_id: int, side: str = 'right') -> dict:
+        "`collate` of items `idx` without images (padded on `side`), plus their cached `features`."
+        b = collate([ds.text(i) for i in idx], pad_id, side)
         rows = self.image_of[idx]
         return {**b, 'features': {k: v[rows] for k, v in self.features.items()}}
 

@@ -209,11 +209,12 @@ def forward_features(self: VLM, feats: dict[int, torch.Tensor], input_ids, atten
 @patch
 @torch.no_grad()
 def generate(self: VLM, pixel_values, input_ids, attention_mask=None, max_new_tokens: int = 16, return_gates: bool = False,
-             recompute_memory: bool = False, image_sizes=None, **kw):
-    """New token ids (B, <= max_new_tokens) for (left-padded) prompts; the image is encoded once, and so are AGF's
-    keys and values (unless `recompute_memory`). With `return_gates`, (ids, the gates of the prompt's forward and of
-    every decoding step, in call order)."""
-    tokens, banks, bank_mask = self.encode_image(pixel_values, image_sizes)
+             recompute_memory: bool = False, image_sizes=None, features: dict[int, torch.Tensor] | None = None, **kw):
+    """New token ids (B, <= max_new_tokens) for (left-padded) prompts; the image is encoded once (or read from
+    `features`, as in `forward`), and so are AGF's keys and values (unless `recompute_memory`). With `return_gates`,
+    (ids, the gates of the prompt's forward and of every decoding step, in call order)."""
+    encoded = self.project_features(features) if features is not None else self.encode_image(pixel_values, image_sizes)
+    tokens, banks, bank_mask = encoded
     x, vis = self.embed(input_ids, tokens)
     state = self.injector.prepare(banks, bank_mask, vis, recompute_memory)
     ids = lm_generate(self.llm, inputs_embeds=x, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
