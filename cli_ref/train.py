@@ -49,13 +49,13 @@ class TrainConfig(ConfigMixin):
     shapes_images: int = 0           # shapes: training images (0 = the default 30,000)
     turns: int = 1                   # questions of one image joined into one multi-turn training sample (`group_turns`)
     tower: str = ''                  # safetensors file of pretrained tower weights, loaded before stage 0
-    vit_steps: int = 700             # stage 0: pretrain the tower on image-level labels, then freeze it
+    vit_steps: int = 650             # stage 0: pretrain the tower on image-level labels, then freeze it
     align_steps: int = 0             # stage 1: projector only
-    instruct_steps: int = 2000       # stage 2: projector, AMP, AGF, LLM (+ tower if vision_lr > 0)
+    instruct_steps: int = 2200       # stage 2: projector, AMP, AGF, LLM (+ tower if vision_lr > 0)
     batch_size: int = 32             # global batch (all processes, all accumulation steps)
     vit_batch_size: int = 64         # stage 0 batch
     grad_accum: int = 1
-    balance: float = 0.0             # repeat rare answers of a question pattern by (most common / theirs) ** balance; 0 = off
+    balance: float = 0.5             # repeat rare answers of a question pattern by (most common / theirs) ** balance; 0 = off
     restate: float = 0.25            # this share of the questions naming one answer word also asks for that word; 0 = off
     lr: float = 2e-3                 # LLM and projector in stage 2
     align_lr: float = 2e-3           # projector in stage 1
@@ -224,13 +224,14 @@ def pretrain_vit(model: VLM, images, labels: dict, steps: int, cfg: TrainConfig,
     "Stage 0: train the tower on image-level labels (a linear head per label on mean-pooled patch tokens); the losses."
     vit, mc = model.vit, model.cfg.vit
     tf = image_transform(mc.image_size, mc.image_mean, mc.image_std)
+    pixels = torch.stack([tf(im) for im in images])  # each image transformed once, not once per step it is drawn
     heads = nn.ModuleDict({k: nn.Linear(mc.dim, int(v.max()) + 1) for k, v in labels.items()}).to(device)
     opt = torch.optim.AdamW(list(vit.parameters()) + list(heads.parameters()), lr=cfg.vit_lr, weight_decay=cfg.weight_decay,
                             fused=True)
     losses = []
     for step in range(steps):
         idx = batch_indices(len(images), step * cfg.vit_batch_size, cfg.vit_batch_size, cfg.seed + 1)
-        x = torch.stack([tf(images[i]) for i in idx]).to(device)
+        x = pixels[idx].to(device)
         for g in opt.param_groups: g['lr'] = cfg.vit_lr * lr_factor(step, steps, cfg.warmup)
         with autocast(cfg.dtype, device):
             feats = vit.forward_features(x)[:, mc.n_prefix:].mean(1)
@@ -391,10 +392,10 @@ def _write_header(run: Run) -> None:
     run.tok.save(out_dir / 'tokenizer.json')
     (out_dir / 'config.json').write_text(json.dumps({'model': mcfg.to_dict(), 'train': cfg.to_dict()}, indent=1))
     truncate_log(out_dir, run.step)
-    repeated = f", {len(run.pool):,} an epoch with rare answers repeated" if len(run.pool) > len(run.ds) else ''
     restated = sum(r.family == 'restate' for r in run.ds.records)
-    repeated += f", {restated:,} of them restating a named word" if restated else ''
-    print(f"training {mcfg.variant} on {cfg.dataset} ({len(run.ds):,} samples, {run.ds.skipped} skipped as too long{repeated}), "
+    extra = f", {restated:,} of them restating a named word" if restated else ''
+    extra += f", {len(run.pool):,} an epoch with rare answers repeated" if len(run.pool) > len(run.ds) else ''
+    print(f"training {mcfg.variant} on {cfg.dataset} ({len(run.ds):,} samples, {run.ds.skipped} skipped as too long{extra}), "
           f"{sum(p.numel() for p in run.model.parameters()):,} parameters, device {run.dev}, {run.world} process(es)")
     has = {k for k, ps in param_groups(run.model).items() if ps}
     for s in cfg.stages():
