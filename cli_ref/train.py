@@ -49,9 +49,9 @@ class TrainConfig(ConfigMixin):
     shapes_images: int = 0           # shapes: training images (0 = the default 30,000)
     turns: int = 1                   # questions of one image joined into one multi-turn training sample (`group_turns`)
     tower: str = ''                  # safetensors file of pretrained tower weights, loaded before stage 0
-    vit_steps: int = 650             # stage 0: pretrain the tower on image-level labels, then freeze it
+    vit_steps: int = 700             # stage 0: pretrain the tower on image-level labels, then freeze it
     align_steps: int = 0             # stage 1: projector only
-    instruct_steps: int = 2200       # stage 2: projector, AMP, AGF, LLM (+ tower if vision_lr > 0)
+    instruct_steps: int = 2000       # stage 2: projector, AMP, AGF, LLM (+ tower if vision_lr > 0)
     batch_size: int = 32             # global batch (all processes, all accumulation steps)
     vit_batch_size: int = 64         # stage 0 batch
     grad_accum: int = 1
