@@ -49,11 +49,12 @@ def prompt_batches(model: VLM, tok: Tokenizer, records: list[VQARecord], tcfg: T
     """The prompts of `records` (up to their last question), left-padded, in batches on the model's device. `make`
     builds the dataset (a llava-hf base has its own chat format and image processing: `18_finetune`). With `cache`
     (one-crop models), each distinct image goes through the tower once (`FeatureCache`, `12_train`) and the batches
-    carry its `features` instead of pixels: a test set asks several questions of each image."""
+    carry its `features` instead of pixels: a test set asks several questions of each image. The cache runs the tower in
+    fp32, as the pixel path does here (training's cache follows `tcfg.dtype`), so both give the same answers."""
     ds = make(records, tok, model.cfg, tcfg, prompt_only=True)
     if len(ds) != len(records): raise ValueError(f"{len(records) - len(ds)} prompts are longer than max_len={tcfg.max_len}")
     dev = next(model.parameters()).device
-    features = FeatureCache(model, ds, tcfg.dtype, dev) if cache else None
+    features = FeatureCache(model, ds, 'fp32', dev) if cache else None
     for i in range(0, len(ds), batch_size):
         idx = list(range(i, min(i + batch_size, len(ds))))
         b = features.batch(ds, idx, tok.pad_id, 'left') if cache else collate([ds[j] for j in idx], tok.pad_id, side='left')
