@@ -15,7 +15,7 @@ from .data import VQARecord, collate
 from .tokenizer import Tokenizer
 from .checkpoints import latest_checkpoint, load_model_weights, read_log
 from .plots import gate_heatmap, gate_strip, plot_gates, report_figure, save_figure
-from .train import FeatureCache, TrainConfig, make_dataset
+from .train import FeatureCache, TrainConfig, batch_to, make_dataset
 from .vlm import VLM, VLMConfig
 
 # %% auto #0
@@ -58,7 +58,7 @@ def prompt_batches(model: VLM, tok: Tokenizer, records: list[VQARecord], tcfg: T
     for i in range(0, len(ds), batch_size):
         idx = list(range(i, min(i + batch_size, len(ds))))
         b = features.batch(ds, idx, tok.pad_id, 'left') if cache else collate([ds[j] for j in idx], tok.pad_id, side='left')
-        yield {k: {l: f.to(dev) for l, f in v.items()} if isinstance(v, dict) else v.to(dev) for k, v in b.items()}
+        yield batch_to(b, dev)
 
 @torch.no_grad()
 def answer(model: VLM, tok: Tokenizer, records: list[VQARecord], tcfg: TrainConfig,

@@ -31,8 +31,8 @@ from .vlm import VLM, VLMConfig, causal_lm_loss, param_groups
 __all__ = ['DATASETS', 'RESTATE', 'TrainConfig', 'lr_factor', 'batch_indices', 'question_pattern', 'balance_repeats',
            'restate_records', 'load_data', 'llava_split', 'build_tokenizer', 'make_dataset', 'model_config',
            'TrainingError', 'rank_and_world', 'set_trainable', 'stage_at', 'pretrain_vit', 'check_run_dir',
-           'readable_records', 'FeatureCache', 'backward_batch', 'optimizer_step', 'start_run', 'Run', 'prepare_run',
-           'vit_stage', 'cache_features', 'Progress', 'lm_stage', 'train']
+           'readable_records', 'FeatureCache', 'batch_to', 'backward_batch', 'optimizer_step', 'start_run', 'Run',
+           'prepare_run', 'vit_stage', 'cache_features', 'Progress', 'lm_stage', 'train']
 
 # %% ../nbs/12_train.ipynb #88a6839d
 DATASETS = ('easy-vqa', 'shapes')
@@ -294,6 +294,10 @@ class FeatureCache:
         rows = self.image_of[idx]
         return {**b, 'features': {k: v[rows] for k, v in self.features.items()}}
 
+def batch_to(b: dict, dev) -> dict:
+    "A batch on device `dev`: its tensors, and the tensors of its cached `features`."
+    return {k: {i: f.to(dev) for i, f in v.items()} if isinstance(v, dict) else v.to(dev) for k, v in b.items()}
+
 # %% ../nbs/12_train.ipynb #76268218
 def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, dev) -> tuple[float, int]:
     """Forward and backward over this process's micro-batches of one global batch. The loss is the sum over the
@@ -304,7 +308,7 @@ def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, de
     if world > 1: dist.all_reduce(n_tok)
     loss_sum, tokens = torch.zeros((), device=dev), 0
     for k, b in enumerate(micro):
-        b = {key: {i: f.to(dev) for i, f in v.items()} if isinstance(v, dict) else v.to(dev) for key, v in b.items()}
+        b = batch_to(b, dev)
         sync = k == len(micro) - 1 or not hasattr(net, 'no_sync')  # DDP: all-reduce once, after the last micro-batch
         with (nullcontext() if sync else net.no_sync()):
             with autocast(dtype, dev):
