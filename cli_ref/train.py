@@ -51,15 +51,15 @@ class TrainConfig(ConfigMixin):
     tower: str = ''                  # safetensors file of pretrained tower weights, loaded before stage 0
     vit_steps: int = 700             # stage 0: pretrain the tower on image-level labels, then freeze it
     align_steps: int = 0             # stage 1: projector only
-    instruct_steps: int = 2000       # stage 2: projector, AMP, AGF, LLM (+ tower if vision_lr > 0)
+    instruct_steps: int = 1600       # stage 2: projector, AMP, AGF, LLM (+ tower if vision_lr > 0)
     batch_size: int = 32             # global batch (all processes, all accumulation steps)
     vit_batch_size: int = 64         # stage 0 batch
     grad_accum: int = 1
     balance: float = 0.5             # repeat rare answers of a question pattern by (most common / theirs) ** balance; 0 = off
     restate: float = 0.25            # this share of the questions naming one answer word also asks for that word; 0 = off
-    lr: float = 2e-3                 # LLM and projector in stage 2
+    lr: float = 1e-3                 # LLM and projector in stage 2 (2e-3 held the yes/no plateau: below)
     align_lr: float = 2e-3           # projector in stage 1
-    new_lr: float = 4e-3             # AMP and AGF (new modules learn faster)
+    new_lr: float = 2e-3             # AMP and AGF (new modules learn faster)
     vision_lr: float = 0.0           # tower in stage 2; 0 = frozen (LLaVA-1.5)
     vit_lr: float = 5e-4             # tower in stage 0 (a ViT from scratch: 2e-3 learned shapes 3x slower)
     warmup: float = 0.05             # fraction of each stage
