@@ -36,7 +36,8 @@ class AdaptiveGatingFusion(nn.Module):
                  gate: str = 'dynamic', eps: float = 1e-6):
         super().__init__()
         if gate not in ('dynamic', 'static'): raise ValueError(f"gate must be 'dynamic' or 'static', got {gate!r}")
-        self.n_heads, self.tau, self.gate, self.attn_impl = n_heads, tau, gate, 'sdpa'  # `set_attention` (02_vit) changes the kernel
+        self.n_heads, self.tau, self.gate, self.attn_impl = n_heads, tau, gate, 'sdpa'  # `set_attention` (01_layers) changes the kernel
+        self.alpha_clamp: int | None = None   # an ablation at test time: all of α on this bank (`15_experiment`)
         self.norm_h = RMSNorm(dim, eps)
         self.q_proj = nn.Linear(dim, attn_dim, bias=False)
         self.o_proj = nn.Linear(attn_dim, dim, bias=False)
@@ -66,5 +67,6 @@ class AdaptiveGatingFusion(nn.Module):
         else:
             alpha = self.w.softmax(0)[None, :, None].expand(B, L, T)
             g = torch.sigmoid(self.b).expand(B, T)
+        if self.alpha_clamp is not None: alpha = torch.zeros_like(alpha).index_fill_(1, torch.tensor([self.alpha_clamp]), 1.0)
         if has_image is not None: g = g * has_image[:, None].to(g.dtype)
         return h + g[..., None] * (alpha[..., None] * z).sum(1), dict(alpha=alpha.detach(), g=g.detach())

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .data import DataError, check_images
 from .evaluate import ask, evaluate, format_results, load_run, majority_accuracy, run_report
-from .experiment import GRID, ExperimentConfig, experiment, load_runs, prepare, report, summary_table
+from .experiment import ExperimentConfig, experiment, load_runs, prepare, report, summary_table
 from .finetune import FinetuneConfig, finetune, load_finetuned, make_base_dataset
 from .train import DATASETS, TrainConfig, TrainingError, llava_split, load_data, make_dataset, train
 from .injectors import VARIANTS
@@ -140,17 +140,18 @@ def ask_cmd(args) -> None:
 
 # %% ../nbs/14_commands.ipynb #a60d693f
 def experiment_cmd(args) -> None:
-    kw = dict(seeds=tuple(args.seeds), towers=tuple(args.towers), variants=tuple(args.variants), out=args.output,
-              results=args.results, **({'steps': args.steps} if args.steps else {}))
+    kw = dict(seeds=tuple(args.seeds), towers=tuple(args.towers), out=args.output, results=args.results,
+              **({'steps': args.steps} if args.steps else {}))
     cfg = ExperimentConfig.preset('quick' if args.quick else 'full', **kw)
-    if args.probe_only: probes = prepare(cfg)
-    else:
-        res = report(cfg) if args.report_only else experiment(cfg, lanes=args.lanes)
-        probes = res['probes']
-        print(summary_table(load_runs(cfg)))
-        for h, x in res['hypotheses'].items(): print(f"{h}: {'not run' if x['held'] is None else 'held' if x['held'] else 'not held'}")
-        print(f"results in {cfg.results}: repro.json, repro.png, probes.json, probes.png, runs/")
-    print(f"early block for baseline-early: {probes['early_layer']}")
+    if args.probe_only: prepare(cfg); print(f"probes in {cfg.results}/probes.json"); return
+    res = report(cfg) if args.report_only else experiment(cfg, lanes=args.lanes, stage='pilot' if args.pilot_only else 'all')
+    for t, d in res['pilot']['decision'].items():
+        print(f"{t}: best single layer block {d['best_single']} ({d['best_single_mean']:.1f}), router {d['router_mean']:.1f}, gap {d['gap']:+.1f} points (validation)")
+    print(summary_table(load_runs(cfg), cfg, json.loads((Path(cfg.results) / 'pilot.json').read_text())))
+    for h, x in res['hypotheses'].items():
+        if h != 'decision': print(f"{h}: {'open' if x['held'] is None else 'held' if x['held'] else 'not held'}")
+    print(f"decision: {res['hypotheses']['decision']}")
+    print(f"results in {cfg.results}: repro.json, repro.png, layer_map.png, pilot.json, diagnostics.json, runs/")
 
 # %% ../nbs/14_commands.ipynb #8f2a482e
 def bench_cmd(args) -> None:
@@ -273,17 +274,17 @@ def _experiment_parser(sub, common) -> None:
     "`cli_ref experiment`."
     x = sub.add_parser('experiment', parents=[common], help='the many-to-many vs one-to-one experiment on the shapes set (resumable)')
     d = ExperimentConfig()
-    x.add_argument('--steps', type=int, help=f'training steps per run (default {d.steps})')
-    x.add_argument('--seeds', type=int, nargs='+', default=list(d.seeds), help='seeds (default 0 1 2)')
+    x.add_argument('--steps', type=int, help=f'training steps per confirmatory run (default {d.steps})')
+    x.add_argument('--seeds', type=int, nargs='+', default=list(d.seeds),
+                   help=f"confirmatory seeds (default {' '.join(map(str, d.seeds))}); an arm registered with n seeds runs the first n")
     x.add_argument('--towers', nargs='+', choices=d.towers, default=list(d.towers), help='towers (default both)')
-    x.add_argument('--variants', nargs='+', choices=list(GRID), default=list(d.variants), metavar='V',
-                   help=f'grid entries (default the primary grid: {", ".join(d.variants)}; also {", ".join(v for v in GRID if v not in d.variants)})')
     x.add_argument('--lanes', type=int, default=2, help='runs in parallel, one thread each (default 2)')
-    x.add_argument('--output', default=d.out, help='towers and feature caches (default %(default)s)')
-    x.add_argument('--results', default=d.results, help='probes, runs, repro.json and figures (default %(default)s)')
+    x.add_argument('--output', default=d.out, help='towers, feature caches and pilot models (default %(default)s)')
+    x.add_argument('--results', default=d.results, help='probes, pilot, runs, repro.json and figures (default %(default)s)')
     x.add_argument('--probe-only', action='store_true', help='stop after the towers and the probes')
+    x.add_argument('--pilot-only', action='store_true', help='stop after the pilot (the layer map) and the diagnostics')
     x.add_argument('--report-only', action='store_true', help='write repro.json and the figures from the finished runs, train nothing')
-    x.add_argument('--quick', action='store_true', help='toy sizes: the whole protocol in about a minute (a test)')
+    x.add_argument('--quick', action='store_true', help='toy sizes: the whole protocol in a few minutes (a test)')
     x.set_defaults(func=experiment_cmd)
 
 # %% ../nbs/14_commands.ipynb #f903aec2

@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from .core import ConfigMixin, load_state_checked, set_seed
@@ -20,15 +20,20 @@ from .data import TEXTURES, VQADataset, _shape_mask, load_shapes, scene_labels, 
 from .tokenizer import IGNORE_INDEX, Tokenizer
 from .train import TrainConfig, batch_indices, build_tokenizer, lr_factor, pretrain_vit
 from .vit import VisionTransformer, resolve_indices
-from .plots import gate_heatmap, plot_probes, plot_repro, save_figure
+from .plots import gate_heatmap, plot_arms, plot_layer_map, plot_probes, save_figure
+from .data import FAMILIES
 from .vlm import VLM, VLMConfig, causal_lm_loss, params_over_baseline
 
 # %% auto #0
-__all__ = ['PRIMARY', 'SECONDARY', 'GRID', 'ExperimentConfig', 'pixels', 'natural_tower', 'VectorQuantizer', 'BottleneckViT',
-           'bottleneck_tower', 'tower_file', 'build_towers', 'load_tower', 'feature_cache', 'object_tokens',
-           'probe_accuracy', 'mutual_information', 'probe_towers', 'code_information', 'probe_table', 'grid_data',
-           'train_run', 'answer_position', 'score_run', 'run_file', 'run_one', 'run_grid', 'load_runs', 'hypotheses',
-           'summary_table', 'machine', 'prepare', 'experiment', 'report']
+__all__ = ['PRIMARY', 'SECONDARY', 'GRID', 'ARMS', 'ARM_VARIANT', 'T95', 'ExperimentConfig', 'pixels', 'natural_tower',
+           'VectorQuantizer', 'BottleneckViT', 'bottleneck_tower', 'tower_file', 'build_towers', 'load_tower',
+           'feature_cache', 'object_tokens', 'probe_accuracy', 'mutual_information', 'probe_towers', 'code_information',
+           'probe_table', 'grid_data', 'trim_padding', 'family_losses', 'train_run', 'answer_position', 'score_run',
+           'clamp_alpha', 'run_file', 'model_file', 'run_one', 'run_lanes', 'pilot_jobs', 'layer_map', 'router_gap',
+           'pilot', 'AttentionProbe', 'attention_probe_accuracy', 'load_pilot_model', 'marker_diagnostics',
+           'position_diagnostics', 'diagnostics', 'single_layer_variant', 'grid_jobs', 'load_runs', 'paired',
+           'bootstrap_ci', 'arm_runs', 'hypotheses', 'summary_table', 'families_of', 'machine', 'prepare', 'experiment',
+           'report']
 
 # %% ../nbs/15_experiment.ipynb #2bf89936
 PRIMARY = ('baseline', 'baseline-early', 'dense', 'deepstack', 'cli', 'cli-last')
@@ -53,16 +58,21 @@ class ExperimentConfig(ConfigMixin):
     frozen_blocks: int = 2         # the bottleneck tower keeps its embedding and these first blocks from the natural one
     codebook: int = 16             # K, the quantiser's codebook size
     image_pool: int = 2            # 8 x 8 patches -> 16 image tokens per layer, each 2 x 2 patches concatenated
-    steps: int = 700               # per run, curriculum included
+    val_images: int = 2000         # the last training images: no run trains on them, the pilot is scored on them
+    pilot_steps: int = 1500        # the layer map's runs (the pilot), curriculum included
+    pilot_seed: int = 100          # the pilot's seed, kept apart from the confirmatory ones
+    eval_every: int = 250          # the pilot scores the validation split this often (accuracy curves per family)
+    steps: int = 700               # per confirmatory run, curriculum included
     curriculum_steps: int = 300    # the first steps ask only local questions about one-object scenes (no search)
     curriculum_images: int = 5000  # one-object training scenes for them
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
-    seeds: tuple = (0, 1, 2)
+    endpoint_families: tuple = tuple(FAMILIES)  # the primary endpoint is the mean accuracy over these
+    pilot_why: str = ''            # why the pilot chose `steps`, `lr` and `endpoint_families` (written into repro.json)
+    seeds: tuple = (0, 1, 2, 3, 4)  # the confirmatory seeds; an arm with n seeds in `ARMS` runs the first n
     towers: tuple = ('natural', 'bottleneck')
-    variants: tuple = PRIMARY
     out: str = 'runs/experiment'   # towers and feature caches (large, not committed)
     results: str = 'data/results/experiment'  # probes, one JSON per finished run, timing (committed)
 
@@ -70,12 +80,13 @@ class ExperimentConfig(ConfigMixin):
         'full': {},
         # the whole protocol at toy sizes in about a minute: a test of the machinery, not of the claim
         'quick': dict(train_images=300, test_images=60, probe_images=150, curriculum_images=50, tower_steps=4, bottleneck_steps=4, steps=4,
-                      curriculum_steps=2, batch_size=16, warmup_steps=1),
+                      curriculum_steps=2, batch_size=16, warmup_steps=1, val_images=60, pilot_steps=4, eval_every=2),
     }
 
     def model_config(self, variant: str, early_layer: int) -> VLMConfig:
-        "The VLM of one grid entry (vocabulary and image id are set from the tokenizer later)."
-        o = {k: (early_layer if v == 'early' else v) for k, v in GRID[variant].items()}
+        "The VLM of one grid entry, or with variant 'block<l>' the one-to-one connector reading block l (the layer map)."
+        if variant.startswith('block'): o = dict(feature_layer=int(variant.removeprefix('block')))
+        else: o = {k: (early_layer if v == 'early' else v) for k, v in GRID[variant].items()}
         return VLMConfig.preset(self.model, **{'variant': 'baseline', 'feature_layer': -1, 'image_pool': self.image_pool,
                                                 'image_pool_mode': 'shuffle', 'inject_start': 0, 'feature_norm': True, **o})
 
@@ -298,11 +309,15 @@ def _encode(records: list, tok: Tokenizer, n_image_tokens: int) -> dict[str, tor
     T = max(len(ids) for ids, _ in ds.encoded)
     ids, labels = torch.full((len(ds.encoded), T), tok.pad_id), torch.full((len(ds.encoded), T), IGNORE_INDEX)
     for r, (i, l) in enumerate(ds.encoded): ids[r, :len(i)], labels[r, :len(l)] = torch.tensor(i), torch.tensor(l)
-    return dict(ids=ids, labels=labels, image=torch.tensor([int(r.id.split('-')[2]) for r in ds.records]))
+    return dict(ids=ids, labels=labels, image=torch.tensor([int(r.id.split('-')[2]) for r in ds.records]),
+                family=[r.family for r in ds.records], kind=[r.kind for r in ds.records])
 
 def grid_data(cfg: ExperimentConfig) -> dict:
-    "Tokenizer and encoded train / test questions shared by every run (the tokenizer is saved once in `cfg.out`)."
-    train = load_shapes('train', n=cfg.train_images, detail=cfg.detail)[0]
+    """Tokenizer and encoded questions shared by every run: 'train', 'val' (the questions of the last `val_images`
+    training images, which no run trains on), 'test' and 'curriculum'. The tokenizer is saved once in `cfg.out`."""
+    everything = load_shapes('train', n=cfg.train_images, detail=cfg.detail)[0]
+    held_out = lambda r: int(r.id.split('-')[2]) >= cfg.train_images - cfg.val_images
+    train, val = [r for r in everything if not held_out(r)], [r for r in everything if held_out(r)]
     test = load_shapes('test', detail=cfg.detail)[0][:cfg.test_images * 5]
     f = Path(cfg.out) / 'tokenizer.json'
     if f.exists(): tok = Tokenizer.from_file(f)
@@ -311,8 +326,8 @@ def grid_data(cfg: ExperimentConfig) -> dict:
     n = cfg.model_config('baseline', 0).n_image_tokens
     curriculum = [r for r in load_shapes('train', n=cfg.curriculum_images, detail=cfg.detail, seed=1, objects=(1, 1))[0]
                   if r.kind == 'local']
-    return dict(tok=tok, train=_encode(train, tok, n), test=_encode(test, tok, n), curriculum=_encode(curriculum, tok, n),
-                families=[r.family for r in test], kinds=[r.kind for r in test])
+    return dict(tok=tok, train=_encode(train, tok, n), val=_encode(val, tok, n), test=_encode(test, tok, n),
+                curriculum=_encode(curriculum, tok, n))
 
 # %% ../nbs/15_experiment.ipynb #bba39392
 def _features(model: VLM, cache: np.ndarray, images: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -321,26 +336,46 @@ def _features(model: VLM, cache: np.ndarray, images: torch.Tensor) -> dict[int, 
     x = torch.from_numpy(cache[images.numpy()][:, need].astype(np.float32))  # (B, blocks, patches, D)
     return {k: model.pool_image_tokens(x[:, i]) for i, k in enumerate(need)}
 
+def trim_padding(ids: torch.Tensor, labels: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "Right-padded (B, T) ids and labels cut to the batch's longest sample: the columns that are padding in every row go."
+    T = int((ids != pad_id).sum(1).max())
+    return ids[:, :T], labels[:, :T]
+
+def family_losses(logits: torch.Tensor, labels: torch.Tensor, families: list[str]) -> dict[str, tuple[float, int]]:
+    "Per question family in a batch: (sum of the samples' mean answer losses, number of samples)."
+    tok = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction='none')
+    row = tok.sum(1) / (labels[:, 1:] != IGNORE_INDEX).sum(1).clamp(min=1)           # (B,) each sample's mean loss
+    return {f: (row[[i for i, x in enumerate(families) if x == f]].sum().item(), families.count(f)) for f in set(families)}
+
 def train_run(cfg: ExperimentConfig, mcfg: VLMConfig, data: dict, caches: dict[str, np.ndarray], seed: int,
-              log_every: int = 25) -> tuple[VLM, list]:
-    "Train one grid model from the feature caches ('curriculum' first, then 'train'); returns it and its loss curve [(step, loss)]."
+              steps: int | None = None, log_every: int = 25, evaluate=None) -> tuple[VLM, dict]:
+    """Train one grid model from the feature caches ('curriculum' first, then 'train') for `steps` (default
+    `cfg.steps`); returns it and its curves: 'loss' [(step, batch loss)], 'family_loss' [(step, {family: mean loss
+    over the last `log_every` steps})] and, with `evaluate`, 'val' [(step, evaluate(model))] every `cfg.eval_every` steps."""
+    steps = steps or cfg.steps
     set_seed(seed)
     model = VLM(mcfg)
     model.vit.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    curve = []
-    for step in range(cfg.steps):
+    curves, window, pad = dict(loss=[], family_loss=[], val=[]), {}, data['tok'].pad_id
+    for step in range(steps):
         split = 'curriculum' if step < cfg.curriculum_steps else 'train'
         d, cache, seen = data[split], caches[split], step - (0 if split == 'curriculum' else cfg.curriculum_steps)
         idx = torch.tensor(batch_indices(len(d['ids']), seen * cfg.batch_size, cfg.batch_size, seed))
-        for g in opt.param_groups: g['lr'] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps / cfg.steps)
-        ids, labels = d['ids'][idx], d['labels'][idx]
-        logits = model.forward_features(_features(model, cache, d['image'][idx]), ids, (ids != data['tok'].pad_id).long())
+        for g in opt.param_groups: g['lr'] = cfg.lr * lr_factor(step, steps, cfg.warmup_steps / steps)
+        ids, labels = trim_padding(d['ids'][idx], d['labels'][idx], pad)
+        logits = model.forward_features(_features(model, cache, d['image'][idx]), ids, (ids != pad).long())
         loss = causal_lm_loss(logits, labels)
         opt.zero_grad(); loss.backward(); nn.utils.clip_grad_norm_(params, 1.0); opt.step()
-        if (step + 1) % log_every == 0 or step == 0: curve.append((step + 1, loss.item()))
-    return model, curve
+        with torch.no_grad():
+            for f, (s, n) in family_losses(logits, labels, [d['family'][i] for i in idx.tolist()]).items():
+                window[f] = [a + b for a, b in zip(window.get(f, (0.0, 0)), (s, n))]
+        if (step + 1) % log_every == 0 or step == 0:
+            curves['loss'].append((step + 1, loss.item()))
+            curves['family_loss'].append((step + 1, {f: s / n for f, (s, n) in sorted(window.items())})); window = {}
+        if evaluate and (step + 1) % cfg.eval_every == 0: curves['val'].append((step + 1, evaluate(model))); model.train()
+    return model, curves
 
 # %% ../nbs/15_experiment.ipynb #35e68542
 def answer_position(labels: torch.Tensor) -> torch.Tensor:
@@ -349,143 +384,364 @@ def answer_position(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(first, (0, 1))
 
 @torch.no_grad()
-def score_run(model: VLM, data: dict, cache: np.ndarray, batch: int = 500) -> dict:
-    "Accuracy per family and kind (fractions), and for AGF variants the mean α at the answer position per kind."
-    d, right, heat = data['test'], [], {'global': [], 'local': []}
+def score_run(model: VLM, data: dict, cache: np.ndarray, split: str = 'test', batch: int = 500) -> dict:
+    """Accuracy on a split per family and kind (fractions), every question's outcome ('right': a string of 0/1), and
+    for AGF variants the mean α at the answer position per family: (injection layer, bank) each."""
+    d = data[split]
+    right, heat = [], {f: [] for f in sorted(set(d['family']))}
     for i in range(0, len(d['ids']), batch):
         ids, labels = d['ids'][i:i + batch], d['labels'][i:i + batch]
         logits, gates = model.eval().forward_features(_features(model, cache, d['image'][i:i + batch]), ids,
                                                       (ids != data['tok'].pad_id).long(), return_gates=True)
         gold = labels[:, 1:]
         right += ((logits[:, :-1].argmax(-1) == gold) | (gold == IGNORE_INDEX)).all(1).tolist()
-        if gates:
-            for kind in heat:
-                pick = torch.tensor([k == kind for k in data['kinds'][i:i + batch]])
-                if pick.any():
-                    heat[kind].append((gate_heatmap([{'alpha': e['alpha'][pick]} for e in gates], len(gates),
-                                                    answer_position(labels[pick])), int(pick.sum())))
+        for f in heat if gates else ():
+            pick = torch.tensor([x == f for x in d['family'][i:i + batch]])
+            if pick.any():
+                heat[f].append((gate_heatmap([{'alpha': e['alpha'][pick]} for e in gates], len(gates),
+                                             answer_position(labels[pick])), int(pick.sum())))
     acc = lambda keep: float(np.mean([r for r, k in zip(right, keep) if k]))
-    out = dict(families={f: acc([x == f for x in data['families']]) for f in sorted(set(data['families']))},
-               **{kind: acc([k == kind for k in data['kinds']]) for kind in ('global', 'local')})
+    out = dict(families={f: acc([x == f for x in d['family']]) for f in heat},
+               **{kind: acc([k == kind for k in d['kind']]) for kind in ('global', 'local')}, right=''.join('01'[r] for r in right))
     if any(heat.values()):
-        out['alpha'] = {k: (sum(h * n for h, n in v) / sum(n for _, n in v)).tolist() for k, v in heat.items()}
+        out['alpha'] = {f: (sum(h * n for h, n in v) / sum(n for _, n in v)).tolist() for f, v in heat.items() if v}
     return out
 
-# %% ../nbs/15_experiment.ipynb #5d25d7ce
-def run_file(cfg: ExperimentConfig, tower: str, variant: str, seed: int) -> Path:
-    return Path(cfg.results) / 'runs' / f'{tower}-{variant}-s{seed}.json'
+def clamp_alpha(model: VLM, bank: int | None) -> VLM:
+    "Put all of every AGF layer's α on `bank` (None: undo): the clamp test of the gates, at test time only."
+    for agf in getattr(model.injector, 'agf', {}).values(): agf.alpha_clamp = bank
+    return model
 
-def run_one(cfg: ExperimentConfig, tower: str, variant: str, seed: int, early_layer: int, data: dict | None = None) -> dict:
-    "Train and score one run from the feature caches; its result is written to `run_file` (atomically) and returned."
+# %% ../nbs/15_experiment.ipynb #5d25d7ce
+def run_file(cfg: ExperimentConfig, tower: str, variant: str, seed: int, pilot: bool = False) -> Path:
+    return Path(cfg.results) / ('pilot' if pilot else 'runs') / f'{tower}-{variant}-s{seed}.json'
+
+def model_file(cfg: ExperimentConfig, tower: str, variant: str, seed: int) -> Path:
+    return Path(cfg.out) / 'models' / f'{tower}-{variant}-s{seed}.safetensors'
+
+def run_one(cfg: ExperimentConfig, tower: str, variant: str, seed: int, early_layer: int, data: dict | None = None,
+            pilot: bool = False) -> dict:
+    """Train and score one run from the feature caches; its result is written to `run_file` (atomically) and returned.
+    A pilot run trains `cfg.pilot_steps` and is scored on the validation split (every `eval_every` steps and at the
+    end), never on the test set; a confirmatory run trains `cfg.steps` and is scored on the test set."""
     data = data or grid_data(cfg)
     mcfg = cfg.model_config(variant, early_layer)
     mcfg.llm.vocab_size, mcfg.image_token_id = data['tok'].vocab_size, data['tok'].image_id
+    caches = {s: feature_cache(cfg, tower, s) for s in ('curriculum', 'train')}
+    validate = lambda m: score_run(m, data, caches['train'], 'val')['families']
+    steps = cfg.pilot_steps if pilot else cfg.steps
     t0 = time.perf_counter()
-    model, curve = train_run(cfg, mcfg, data, {s: feature_cache(cfg, tower, s) for s in ('curriculum', 'train')}, seed)
+    model, curves = train_run(cfg, mcfg, data, caches, seed, steps, evaluate=validate if pilot else None)
     seconds = time.perf_counter() - t0
+    scored = score_run(model, data, caches['train'], 'val') if pilot else score_run(model, data, feature_cache(cfg, tower, 'test'))
+    if not pilot and getattr(model.injector, 'gate', None) == 'dynamic':  # the clamp test: α all on the last bank
+        scored['clamped_last_bank'] = score_run(clamp_alpha(model, len(mcfg.bank_layers) - 1), data, feature_cache(cfg, tower, 'test'))['families']
+        clamp_alpha(model, None)
     added, frac = params_over_baseline(mcfg)
-    res = dict(tower=tower, variant=variant, seed=seed, **score_run(model, data, feature_cache(cfg, tower, 'test')),
-               steps=cfg.steps, seconds_per_step=seconds / cfg.steps, params_added=added, params_added_frac=frac,
+    res = dict(tower=tower, variant=variant, seed=seed, split='val' if pilot else 'test', **scored,
+               steps=steps, seconds_per_step=seconds / steps, params_added=added, params_added_frac=frac,
                feature_layer=mcfg.feature_index, bank_layers=list(mcfg.bank_layers), injection_layers=list(mcfg.injection_layers),
-               curve=curve, threads=torch.get_num_threads(), commit=_commit())
-    f = run_file(cfg, tower, variant, seed); f.parent.mkdir(parents=True, exist_ok=True)
+               curve=curves['loss'], family_loss=curves['family_loss'], val_curve=curves['val'], threads=torch.get_num_threads())
+    if pilot:  # the trained model, for the diagnostics that probe what the projector gives (`cfg.out`, not committed)
+        m = model_file(cfg, tower, variant, seed); m.parent.mkdir(parents=True, exist_ok=True)
+        save_model(model, m.with_suffix('.tmp')); os.replace(m.with_suffix('.tmp'), m)  # AMP shares the projector: save_model keeps one copy
+    f = run_file(cfg, tower, variant, seed, pilot); f.parent.mkdir(parents=True, exist_ok=True)
     f.with_suffix('.tmp').write_text(json.dumps(res, indent=1)); os.replace(f.with_suffix('.tmp'), f)
     return res
 
-def _commit() -> str:
-    try: return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
-    except OSError: return ''
-
 # %% ../nbs/15_experiment.ipynb #0a2a09cc
-def run_grid(cfg: ExperimentConfig, early_layer: int, lanes: int = 2) -> float:
-    "Run every missing (tower, variant, seed) in `lanes` single-thread subprocesses; returns the wall seconds."
-    todo = [(t, v, s) for s in cfg.seeds for t in sorted(cfg.towers) for v in cfg.variants if not run_file(cfg, t, v, s).exists()]
+def run_lanes(cfg: ExperimentConfig, jobs: list[tuple[str, str, int]], early_layer: int, lanes: int = 2,
+              pilot: bool = False) -> float:
+    "Run every (tower, variant, seed) of `jobs` whose file is missing in `lanes` single-thread subprocesses; returns the wall seconds."
+    todo = [j for j in jobs if not run_file(cfg, *j, pilot).exists()]
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
     running, t0 = [], time.perf_counter()
     log_dir = Path(cfg.out) / 'logs'; log_dir.mkdir(parents=True, exist_ok=True)
     while todo or running:
         while todo and len(running) < lanes:
             t, v, s = todo.pop(0)
-            cmd = [sys.executable, '-c', 'from cli_ref.experiment import _child; _child()', cfg.to_json(), t, v, str(s), str(early_layer)]
-            log = open(log_dir / f'{t}-{v}-s{s}.txt', 'w')
+            cmd = [sys.executable, '-c', 'from cli_ref.experiment import _child; _child()', cfg.to_json(), t, v, str(s),
+                   str(early_layer), str(int(pilot))]
+            log = open(log_dir / f"{'pilot-' if pilot else ''}{t}-{v}-s{s}.txt", 'w')
             running.append(((t, v, s), subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
         time.sleep(1)
         for r in [r for r in running if r[1].poll() is not None]:
             running.remove(r)
             t, v, s = r[0]
-            msg = (lambda x: f"local {x['local']:.1%}, global {x['global']:.1%}")(json.loads(run_file(cfg, t, v, s).read_text())) \
-                if r[1].returncode == 0 else f"FAILED (see {log_dir / f'{t}-{v}-s{s}.txt'})"
+            msg = (lambda x: f"local {x['local']:.1%}, global {x['global']:.1%} ({x['split']})")(json.loads(run_file(cfg, t, v, s, pilot).read_text())) \
+                if r[1].returncode == 0 else f"FAILED (see {log_dir})"
             print(f"  {t:<10} {v:<15} seed {s}: {msg}  [{time.perf_counter() - t0:,.0f} s]", flush=True)
     return time.perf_counter() - t0
 
 def _child():
     torch.set_num_threads(1)
     cfg = ExperimentConfig.from_json(sys.argv[1])
-    run_one(cfg, sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    run_one(cfg, sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), pilot=bool(int(sys.argv[6])))
+
+# %% ../nbs/15_experiment.ipynb #32ddd9bf
+def pilot_jobs(cfg: ExperimentConfig) -> list[tuple[str, str, int]]:
+    """The pilot's runs (tower, variant, pilot seed): the layer map ('block<l>'; blocks shared by the towers once,
+    bottleneck before natural), then one `cli` on the bottleneck tower (its curves, and a model for the diagnostics)."""
+    depth, first = VLMConfig.preset(cfg.model).vit.depth, 'natural' if 'natural' in cfg.towers else cfg.towers[0]
+    shared = [(first, f'block{l}', cfg.pilot_seed) for l in range(cfg.frozen_blocks)]
+    return shared + [(t, f'block{l}', cfg.pilot_seed) for t in sorted(cfg.towers) for l in range(cfg.frozen_blocks, depth)] + \
+        [('bottleneck', 'cli', cfg.pilot_seed)] * ('bottleneck' in cfg.towers)
+
+def layer_map(cfg: ExperimentConfig) -> dict[str, dict[int, dict[str, float]]]:
+    "{tower: {block: {family: validation accuracy}}} from the pilot's files; shared blocks appear under both towers."
+    out = {t: {} for t in cfg.towers}
+    for t, v, s in pilot_jobs(cfg):
+        f = run_file(cfg, t, v, s, pilot=True)
+        if not f.exists() or not v.startswith('block'): continue
+        l = int(v.removeprefix('block'))
+        for tower in (cfg.towers if l < cfg.frozen_blocks else (t,)): out[tower][l] = json.loads(f.read_text())['families']
+    return out
+
+def router_gap(lmap: dict[int, dict[str, float]], families: list[str]) -> dict:
+    "One tower's best single layer (by mean over `families`), the per-family best layers (the router) and the gap, in points."
+    mean = {l: 100 * float(np.mean([a[f] for f in families])) for l, a in lmap.items()}
+    best = max(mean, key=mean.get)
+    route = {f: max(lmap, key=lambda l: lmap[l][f]) for f in families}
+    router = 100 * float(np.mean([lmap[route[f]][f] for f in families]))
+    return dict(best_single=best, best_single_mean=mean[best], router=route, router_mean=router, gap=router - mean[best],
+                mean_per_layer=mean)
+
+# %% ../nbs/15_experiment.ipynb #d4bd1f2c
+def pilot(cfg: ExperimentConfig, lanes: int = 2) -> dict:
+    "Run the layer map (resumable) and write `pilot.json` (the map, each tower's best single layer, router and gap) and `layer_map.png`."
+    t0 = time.perf_counter()
+    wall = run_lanes(cfg, pilot_jobs(cfg), 0, lanes, pilot=True)
+    lmap, fams = layer_map(cfg), list(FAMILIES)
+    runs = [json.loads(run_file(cfg, *j, pilot=True).read_text()) for j in pilot_jobs(cfg) if run_file(cfg, *j, pilot=True).exists()]
+    out = dict(layer_map=lmap, families=fams, steps=cfg.pilot_steps, seed=cfg.pilot_seed, lr=cfg.lr, val_images=cfg.val_images,
+               decision={t: router_gap(m, fams) for t, m in lmap.items() if m},
+               curves={f"{r['tower']}/{r['variant']}": dict(val=r['val_curve'], family_loss=r['family_loss']) for r in runs},
+               seconds_per_step={f"{r['tower']}/{r['variant']}": r['seconds_per_step'] for r in runs},
+               wall_s=wall, total_s=time.perf_counter() - t0, machine=machine())
+    f = Path(cfg.results) / 'pilot.json'; f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(out, indent=1))
+    if any(lmap.values()): save_figure(plot_layer_map(lmap, fams), Path(cfg.results) / 'layer_map.png')
+    return out
+
+# %% ../nbs/15_experiment.ipynb #723629a8
+class AttentionProbe(nn.Module):
+    "The least a connector must learn: a query from the named colour, softmax over the image's tokens, a linear head."
+    def __init__(self, dim: int, n_colors: int, n_classes: int):
+        super().__init__()
+        self.query, self.key, self.value = nn.Embedding(n_colors, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, x: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+        "Logits (B, classes) for tokens x (B, N, D) and the named colours (B,)."
+        a = torch.einsum('bnd,bd->bn', self.key(x), self.query(color)) / math.sqrt(x.shape[-1])
+        return self.head(torch.einsum('bn,bnd->bd', a.softmax(-1), self.value(x)))
+
+def attention_probe_accuracy(xtr, ctr, ytr, xte, cte, yte, steps: int = 1500, batch: int = 256) -> float:
+    "Test accuracy of an `AttentionProbe` trained with Adam on (tokens (n, N, D), colour (n,), label (n,))."
+    torch.manual_seed(0)
+    probe = AttentionProbe(xtr.shape[-1], len(COLORS), int(ytr.max()) + 1)
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-3)
+    for step in range(steps):
+        i = torch.randint(len(xtr), (batch,))
+        loss = F.cross_entropy(probe(xtr[i], ctr[i]), ytr[i])
+        opt.zero_grad(); loss.backward(); opt.step()
+    with torch.no_grad(): return (probe(xte, cte).argmax(-1) == yte).float().mean().item()
+
+# %% ../nbs/15_experiment.ipynb #ce9edc21
+def _objects(scenes: list) -> tuple[np.ndarray, ...]:
+    "Every object: (image index, colour index, marker, texture index)."
+    rows = [(i, list(COLORS).index(o['color']), int(o['marker']), TEXTURES.index(o['texture'])) for i, sc in enumerate(scenes) for o in sc]
+    return tuple(map(np.array, zip(*rows)))
+
+def load_pilot_model(cfg: ExperimentConfig, tower: str, variant: str, tok: Tokenizer) -> VLM:
+    "A pilot run's trained model (saved by `run_one` in `cfg.out`)."
+    mcfg = cfg.model_config(variant, 0)
+    mcfg.llm.vocab_size, mcfg.image_token_id = tok.vocab_size, tok.image_id
+    model = VLM(mcfg)
+    load_model(model, model_file(cfg, tower, variant, cfg.pilot_seed))
+    return model.eval()
+
+@torch.no_grad()
+def marker_diagnostics(cfg: ExperimentConfig, layer: int = 0) -> dict:
+    """Marker accuracy (test images) read from block `layer` of the natural tower four ways: an MLP probe on the pooled
+    tokens, on them standardised, on the pilot's one-to-one model's projector output; the attention probe."""
+    tok = Tokenizer.from_file(Path(cfg.out) / 'tokenizer.json')
+    one = load_pilot_model(cfg, 'natural', f'block{layer}', tok)
+    n_tr = min(cfg.probe_images, cfg.train_images - cfg.val_images)
+    splits = {'train': (feature_cache(cfg, 'natural', 'train')[:n_tr], _split_images(cfg, 'train')[1][:n_tr]),
+              'test': (feature_cache(cfg, 'natural', 'test'), _split_images(cfg, 'test')[1])}
+    grid = math.isqrt(one.cfg.n_image_tokens)
+    views = {'pooled': lambda x: x, 'standardised': lambda x: F.layer_norm(x, x.shape[-1:]),
+             'projected': lambda x: one.projector(F.layer_norm(x, x.shape[-1:]))}
+    tokens = {s: one.pool_image_tokens(torch.from_numpy(f[:, layer].astype(np.float32))) for s, (f, _) in splits.items()}
+    marker = {}
+    for name, view in views.items():
+        (xtr, _, ytr, _), (xte, _, yte, _) = (_object_samples(view(tokens[s])[:, None], splits[s][1], grid) for s in ('train', 'test'))
+        with torch.enable_grad(): marker[f'mlp probe, {name} tokens'] = probe_accuracy(xtr[:, 0], ytr, xte[:, 0], yte, hidden=128)
+    obj = {s: _objects(splits[s][1]) for s in splits}
+    x = {s: F.layer_norm(tokens[s], tokens[s].shape[-1:])[obj[s][0]] for s in splits}
+    with torch.enable_grad():
+        marker['attention probe, standardised tokens'] = attention_probe_accuracy(
+            x['train'], torch.from_numpy(obj['train'][1]), torch.from_numpy(obj['train'][2]),
+            x['test'], torch.from_numpy(obj['test'][1]), torch.from_numpy(obj['test'][2]))
+    return dict(layer=layer, accuracy=marker, chance=0.5)
+
+@torch.no_grad()
+def position_diagnostics(cfg: ExperimentConfig) -> dict:
+    """A token's column (0-3) read by a linear probe (test images) from the pilot `cli` model's input tokens and from
+    each of its banks (AMP's output, what AGF's keys and values are made from); chance 1 / 4."""
+    cli = load_pilot_model(cfg, 'bottleneck', 'cli', Tokenizer.from_file(Path(cfg.out) / 'tokenizer.json'))
+    n_tr, grid = min(cfg.probe_images, cfg.train_images - cfg.val_images), math.isqrt(cli.cfg.n_image_tokens)
+    caches = {'train': feature_cache(cfg, 'bottleneck', 'train')[:n_tr], 'test': feature_cache(cfg, 'bottleneck', 'test')}
+    feats = {s: {k: F.layer_norm(v, v.shape[-1:]) for k, v in _features(cli, c, torch.arange(len(c))).items()} for s, c in caches.items()}
+    col = lambda n: torch.arange(grid * grid).repeat(n) % grid   # the column of each of an image's tokens, raster order
+    position = {}
+    reps = {f'input tokens (block {cli.cfg.feature_index}, projected)': lambda f: cli.projector(f[cli.cfg.feature_index])}
+    reps.update({f'AGF bank {j} (block {k}, AMP output)': (lambda f, j=j, k=k: cli.amp.project(f[k], j)) for j, k in enumerate(cli.cfg.bank_layers)})
+    for name, rep in reps.items():
+        xtr, xte = rep(feats['train']).flatten(0, 1), rep(feats['test']).flatten(0, 1)
+        with torch.enable_grad(): position[name] = probe_accuracy(xtr, col(len(xtr) // grid ** 2), xte, col(len(xte) // grid ** 2))
+    return dict(accuracy=position, chance=1 / grid)
+
+def diagnostics(cfg: ExperimentConfig) -> dict:
+    "Both diagnostics, as `diagnostics.json` holds them."
+    return dict(marker=marker_diagnostics(cfg), position=position_diagnostics(cfg))
 
 # %% ../nbs/15_experiment.ipynb #1c7bb7f4
+ARMS = {  # tower -> {arm: number of seeds}: the confirmatory grid as registered (bottleneck first)
+    'bottleneck': {'best-single': 5, 'baseline': 5, 'cli': 5, 'cli-static': 5, 'dense': 3, 'deepstack': 3, 'cli-last': 1},
+    'natural': {'best-single': 3, 'baseline': 3, 'cli': 3}}
+ARM_VARIANT = {'cli-static': 'static'}  # arms whose grid variant has another name; 'best-single' is chosen by the pilot
+
+def single_layer_variant(cfg: ExperimentConfig, layer: int) -> str:
+    "The variant of the one-to-one connector reading block `layer` (the last block's is the baseline)."
+    return 'baseline' if layer == VLMConfig.preset(cfg.model).vit.depth - 1 else f'block{layer}'
+
+def grid_jobs(cfg: ExperimentConfig, decision: dict) -> list[tuple[str, str, int]]:
+    """The confirmatory runs (tower, variant, seed), seed-major so that every arm's first seeds come first. 'best-single'
+    is the pilot's best layer of the tower; the router's blocks run at the best single layer's seeds (its test score
+    comes from them)."""
+    jobs = []
+    for i, seed in enumerate(cfg.seeds):
+        for t in [t for t in ARMS if t in cfg.towers]:
+            singles = dict.fromkeys([decision[t]['best_single'], *decision[t]['router'].values()])
+            for arm, n in ARMS[t].items():
+                if i >= n: continue
+                vs = [single_layer_variant(cfg, int(l)) for l in singles] if arm == 'best-single' else [ARM_VARIANT.get(arm, arm)]
+                jobs += [(t, v, seed) for v in vs if (t, v, seed) not in jobs]
+    return jobs
+
 def load_runs(cfg: ExperimentConfig) -> list[dict]:
-    "Every finished run's result in `cfg.results/runs/`."
+    "Every finished confirmatory run's result in `cfg.results/runs/`."
     return [json.loads(f.read_text()) for f in sorted((Path(cfg.results) / 'runs').glob('*.json'))]
 
-def _mean(runs: list, tower: str, variant: str, key: str) -> tuple[float, list[float]]:
-    xs = [r[key] for r in runs if r['tower'] == tower and r['variant'] == variant]
-    return (float(np.mean(xs)) if xs else float('nan')), xs
-
 # %% ../nbs/15_experiment.ipynb #4bd08511
-def hypotheses(runs: list[dict], seeds: int = 3) -> dict[str, dict]:
-    """H1-H5 as pre-registered above: held (True / False; None while fewer than `seeds` seeds of the runs they compare
-    have finished) and the numbers behind them (over the seeds there are)."""
-    m = lambda t, v, k='local': _mean(runs, t, v, k)[0]
-    per_seed = lambda t, a, b: [x['local'] - y['local'] for x in runs for y in runs if x['tower'] == y['tower'] == t
-                                and x['variant'] == a and y['variant'] == b and x['seed'] == y['seed']]
-    held = lambda xs, cond: None if len(xs) < seeds else bool(cond())  # None: the runs it needs are not all there
-    h = {}
-    d = per_seed('bottleneck', 'cli', 'baseline')
-    g = (m('bottleneck', 'cli', 'global'), m('bottleneck', 'baseline', 'global'))
-    h['H1'] = dict(held=held(d, lambda: np.mean(d) >= 0.10 and min(d) > 0 and g[0] >= g[1] - 0.01),
-                   local_gain_per_seed=d, local_gain_mean=float(np.mean(d)) if d else None, global_cli=g[0], global_baseline=g[1])
-    d = per_seed('natural', 'cli', 'baseline')
-    h['H2'] = dict(held=held(d, lambda: abs(np.mean(d)) < 0.03), local_gain_per_seed=d,
-                   local_gain_mean=float(np.mean(d)) if d else None)
-    rows = {}
-    for v in ('cli', 'dense', 'deepstack'):
-        xs = [r for r in runs if r['tower'] == 'bottleneck' and r['variant'] == v]
-        if not xs: continue
-        gain = m('bottleneck', v) - m('bottleneck', 'baseline')
-        rows[v] = dict(local=m('bottleneck', v), global_=m('bottleneck', v, 'global'), params_added=xs[0]['params_added'],
-                       seconds_per_step=m('bottleneck', v, 'seconds_per_step'), local_gain=gain,
-                       local_gain_per_100k_params=gain / xs[0]['params_added'] * 1e5)
-    best = max(rows.values(), key=lambda r: r['local_gain_per_100k_params'], default=None)
-    n_h3 = min((len([r for r in runs if r['tower'] == 'bottleneck' and r['variant'] == v]) for v in ('baseline', 'cli', 'dense', 'deepstack')))
-    h['H3'] = dict(held=None if len(rows) < 3 or n_h3 < seeds else bool(best is rows['cli'] and rows['cli']['global_'] >= max(r['global_'] for r in rows.values()) - 0.01),
-                   **rows)
-    d = per_seed('bottleneck', 'cli-last', 'baseline')
-    h['H4'] = dict(held=held(d, lambda: abs(np.mean(d)) < 0.03), local_gain_per_seed=d,
-                   local_gain_mean=float(np.mean(d)) if d else None)
-    al = [np.array(r['alpha'][k])[:, 0].mean() for r in runs if r['tower'] == 'bottleneck' and r['variant'] == 'cli' for k in ('local', 'global')]
-    diff = [a - b for a, b in zip(al[::2], al[1::2])]
-    diff = [float(x) for x in diff]
-    h['H5'] = dict(held=held(diff, lambda: np.mean(diff) >= 0.1), earliest_bank_alpha_local_minus_global_per_seed=diff,
-                   mean=float(np.mean(diff)) if diff else None)
-    return h
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t, 97.5%, by df
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict:
+    "a - b over the seeds both have (points): per seed, mean, sample standard deviation, 95% t interval."
+    d = [100 * (a[s] - b[s]) for s in sorted(set(a) & set(b))]
+    if len(d) < 2: return dict(per_seed=d, mean=float(np.mean(d)) if d else None, sd=None, ci95=None)
+    m, sd = float(np.mean(d)), float(np.std(d, ddof=1))
+    h = T95[len(d) - 1] * sd / math.sqrt(len(d))
+    return dict(per_seed=d, mean=m, sd=sd, ci95=[m - h, m + h])
+
+def bootstrap_ci(rights: list[str], n_boot: int = 1000, seed: int = 0) -> list[float]:
+    "95% interval (points) of the accuracy averaged over runs, resampling the questions (the same ones for every run)."
+    x = np.array([[c == '1' for c in r] for r in rights], dtype=float).mean(0)   # (questions,) mean over runs
+    i = np.random.default_rng(seed).integers(0, len(x), (n_boot, len(x)))
+    return (100 * np.percentile(x[i].mean(1), [2.5, 97.5])).tolist()
+
+def _family_right(run: dict, family: str, families: list[str]) -> str:
+    return ''.join(c for c, f in zip(run['right'], families) if f == family)
+
+# %% ../nbs/15_experiment.ipynb #4dd8c03e
+def arm_runs(runs: list[dict], cfg: ExperimentConfig, decision: dict) -> dict[str, dict[str, dict[int, dict]]]:
+    "{tower: {arm: {seed: run}}}; 'best-single' is the pilot's best layer, 'single <l>' every one-to-one run (router)."
+    out = {}
+    for r in runs:
+        t, arms = r['tower'], out.setdefault(r['tower'], {})
+        names = [a for a in ARMS.get(t, {}) if ARM_VARIANT.get(a, a) == r['variant']]
+        if r['variant'] == 'baseline' or r['variant'].startswith('block'):
+            layer = r['feature_layer']
+            names.append(f'single {layer}')
+            if t in decision and layer == decision[t]['best_single']: names.append('best-single')
+        for a in names: arms.setdefault(a, {})[r['seed']] = r
+    return out
+
+def hypotheses(runs: list[dict], cfg: ExperimentConfig, pilot_out: dict) -> dict[str, dict]:
+    """P0-P4 as registered (`held`: True / False, or None while a run they need is missing), with their numbers in
+    points, on the primary endpoint: the mean accuracy over `cfg.endpoint_families`."""
+    dec, fams = pilot_out['decision'], list(cfg.endpoint_families)
+    A = arm_runs(runs, cfg, dec)
+    get = lambda t, a: A.get(t, {}).get(a, {})
+    endpoint = lambda t, a: {s: float(np.mean([r['families'][f] for f in fams])) for s, r in get(t, a).items()}
+    fam = lambda t, a, f: {s: r['families'][f] for s, r in get(t, a).items()}
+    full = lambda t, a: len(get(t, a)) >= ARMS[t][a]
+    out = {}
+    # P0: the tower does what it was built for
+    chance_tex = 100 / len(TEXTURES)
+    tex = {a: 100 * np.mean(list(fam('bottleneck', a, 'texture').values())) if get('bottleneck', a) else None for a in ('baseline', 'cli-last')}
+    usable = 100 * max(v['texture'] for v in pilot_out['layer_map']['bottleneck'].values())
+    out['P0'] = dict(held=None if None in tex.values() else bool(max(tex.values()) <= chance_tex + 5 and usable >= 65),
+                     texture_baseline=tex['baseline'], texture_cli_last=tex['cli-last'], best_single_layer_texture_val=usable)
+    # P1: the claim
+    p1 = paired(endpoint('bottleneck', 'cli'), endpoint('bottleneck', 'best-single'))
+    ok = full('bottleneck', 'cli') and full('bottleneck', 'best-single')
+    out['P1'] = dict(held=bool(p1['mean'] >= 3 and p1['ci95'][0] > 0) if ok else None, cli_minus_best_single=p1)
+    # P2: uses the trade-off: the router from the one-to-one runs, per seed
+    singles = {a: get('bottleneck', a) for a in A.get('bottleneck', {}) if a.startswith('single ')}
+    seeds = sorted(set.intersection(*(set(v) for v in singles.values()))) if singles else []
+    router = {s: float(np.mean([max(v[s]['families'][f] for v in singles.values()) for f in fams])) for s in seeds}
+    best, cli = endpoint('bottleneck', 'best-single'), endpoint('bottleneck', 'cli')
+    gap = paired(router, best)
+    below = {f: 100 * (np.mean(list(fam('bottleneck', 'cli', f).values())) -
+                       max(np.mean([v[s]['families'][f] for s in v]) for v in singles.values())) for f in fams} if cli and singles else {}
+    share = p1['mean'] / gap['mean'] if ok and gap['mean'] else None
+    out['P2'] = dict(held=None if share is None else bool(share >= 0.5 and min(below.values()) >= -5),
+                     router_minus_best_single=gap, share_of_router_gap=share, cli_minus_own_best_single_per_family=below)
+    # P3: dynamic gates matter
+    p3 = paired(endpoint('bottleneck', 'cli'), endpoint('bottleneck', 'cli-static'))
+    last = lambda r, f: r['alpha'][f][-1][0]    # the last AGF layer, the earliest bank
+    alpha_gap = {s: min(last(r, f) for f in ('texture', 'leftmost_color')) - last(r, 'count') for s, r in get('bottleneck', 'cli').items()}
+    clamp = {f: 100 * np.mean([r['families'][f] - r['clamped_last_bank'][f] for r in get('bottleneck', 'cli').values()]) for f in ('texture', 'count')} \
+        if get('bottleneck', 'cli') else {}
+    ok3 = full('bottleneck', 'cli') and full('bottleneck', 'cli-static')
+    out['P3'] = dict(held=bool(p3['mean'] >= 2 and p3['ci95'][0] > 0 and sum(v >= 0.2 for v in alpha_gap.values()) >= 4
+                               and clamp['texture'] >= 15 and clamp['count'] <= 2) if ok3 else None,
+                     cli_minus_static=p3, alpha_earliest_bank_texture_colour_minus_count=alpha_gap, clamp_cost=clamp)
+    # P4: where the information is not missing, CLI matters less
+    nat = paired(endpoint('natural', 'cli'), endpoint('natural', 'best-single'))
+    ok4 = ok and full('natural', 'cli') and full('natural', 'best-single')
+    out['P4'] = dict(held=bool(nat['mean'] <= p1['mean'] - 2) if ok4 else None, natural_cli_minus_best_single=nat,
+                     bottleneck_cli_minus_best_single=p1['mean'])
+    out['decision'] = ('at this scale, which layer the connector reads matters; many-to-many does not beat the best one-to-one'
+                       if out['P0']['held'] and out['P1']['held'] is False else
+                       'many-to-many beats the best one-to-one' if out['P1']['held'] else 'open: runs missing, or P0 failed')
+    return out
 
 # %% ../nbs/15_experiment.ipynb #756dc441
-def summary_table(runs: list[dict], variants=PRIMARY + SECONDARY) -> str:
-    "Markdown table per tower and variant: mean ± std over seeds of global, local and each family (%), params added, s/step."
-    fams = sorted({f for r in runs for f in r['families']})
-    head = ['tower', 'variant', 'seeds', 'global', 'local', *fams, 'params added', 's/step']
+def summary_table(runs: list[dict], cfg: ExperimentConfig, pilot_out: dict) -> str:
+    """Markdown table per tower and arm: the primary endpoint (mean ± sample sd over seeds) and each family (mean over
+    seeds, with a 95% bootstrap interval over the questions), params added, s/step."""
+    A, fams, test_fams = arm_runs(runs, cfg, pilot_out['decision']), list(cfg.endpoint_families), None
+    head = ['tower', 'arm', 'seeds', 'endpoint', *fams, 'params added', 's/step']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    ms = lambda xs: f"{100 * np.mean(xs):.1f} ± {100 * np.std(xs):.1f}"
-    for t in sorted({r['tower'] for r in runs}, reverse=True):
-        for v in variants:
-            rs = [r for r in runs if r['tower'] == t and r['variant'] == v]
-            if not rs: continue
-            lines.append('| ' + ' | '.join([t, v, str(len(rs)), ms([r['global'] for r in rs]), ms([r['local'] for r in rs]),
-                                            *[ms([r['families'][f] for r in rs]) for f in fams],
-                                            f"{rs[0]['params_added']:,} ({rs[0]['params_added_frac']:.1%})",
-                                            f"{np.mean([r['seconds_per_step'] for r in rs]):.2f}"]) + ' |')
+    for t, arms in A.items():
+        for a, rs in sorted(arms.items(), key=lambda kv: (kv[0].startswith('single'), kv[0])):
+            rs = list(rs.values())
+            test_fams = test_fams or families_of(cfg)
+            e = [100 * np.mean([r['families'][f] for f in fams]) for r in rs]
+            cell = lambda f: (lambda lo_hi: f"{100 * np.mean([r['families'][f] for r in rs]):.1f} [{lo_hi[0]:.0f}, {lo_hi[1]:.0f}]")(
+                bootstrap_ci([_family_right(r, f, test_fams) for r in rs]))
+            lines.append('| ' + ' | '.join([t, a, str(len(rs)), f"{np.mean(e):.1f} ± {np.std(e, ddof=1) if len(e) > 1 else 0:.1f}",
+                                            *map(cell, fams), f"{rs[0]['params_added']:,}", f"{np.mean([r['seconds_per_step'] for r in rs]):.2f}"]) + ' |')
     return '\n'.join(lines)
+
+def families_of(cfg: ExperimentConfig) -> list[str]:
+    "The family of every test question, in order."
+    test = load_shapes('test', detail=cfg.detail)[0][:cfg.test_images * len(FAMILIES)]
+    return [r.family for r in test]
 
 # %% ../nbs/15_experiment.ipynb #921156aa
 def machine() -> str:
@@ -504,30 +760,44 @@ def prepare(cfg: ExperimentConfig) -> dict:
     f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(probes, indent=1))
     return probes
 
-def experiment(cfg: ExperimentConfig, lanes: int = 2) -> dict:
-    "The whole protocol; returns (and writes) `repro.json`."
+def experiment(cfg: ExperimentConfig, lanes: int = 2, stage: str = 'all') -> dict:
+    """The whole protocol, each part resumable: towers, caches and probes; the pilot (layer map); the diagnostics;
+    the confirmatory grid (`stage='pilot'` stops before the grid); returns (and writes) `repro.json`."""
     t0 = time.perf_counter()
-    probes = prepare(cfg)
+    prepare(cfg)
     t_prep = time.perf_counter() - t0
-    grid_s = run_grid(cfg, probes['early_layer'], lanes)
+    p = pilot(cfg, lanes)
+    f = Path(cfg.results) / 'diagnostics.json'
+    if not f.exists(): f.write_text(json.dumps(diagnostics(cfg), indent=1))
+    grid_s = run_lanes(cfg, grid_jobs(cfg, p['decision']), 0, lanes) if stage == 'all' else 0.0
     f = Path(cfg.results) / 'timing.json'
     prev = json.loads(f.read_text()) if f.exists() else {}
-    f.write_text(json.dumps(dict(prepare_s=t_prep, grid_wall_s=grid_s, lanes=lanes, machine=machine(),
-                                 grid_wall_s_all_calls=prev.get('grid_wall_s_all_calls', 0) + grid_s), indent=1))
+    f.write_text(json.dumps(dict(prepare_s=t_prep, pilot_wall_s_all_calls=prev.get('pilot_wall_s_all_calls', 0) + p['wall_s'],
+                                 grid_wall_s_all_calls=prev.get('grid_wall_s_all_calls', 0) + grid_s, lanes=lanes, machine=machine()), indent=1))
     return report(cfg)
 
 # %% ../nbs/15_experiment.ipynb #ef879f42
 def report(cfg: ExperimentConfig) -> dict:
-    "`repro.json` (commit, machine, probes, every finished run, the hypotheses, timing), `repro.png` and `probes.png`."
+    """`repro.json` (machine, config, probes, layer map and pilot, diagnostics, every finished run with its arm, P0-P4,
+    timing), `repro.png` and `probes.png`."""
     out, runs = Path(cfg.results), load_runs(cfg)
-    probes = json.loads((out / 'probes.json').read_text())
-    timing = json.loads((out / 'timing.json').read_text()) if (out / 'timing.json').exists() else {}
-    timing['seconds_per_step'] = {f"{r['tower']}/{r['variant']}/s{r['seed']}": r['seconds_per_step'] for r in runs}
-    res = dict(commit=_commit(), machine=machine(), config=cfg.to_dict(), probes=probes,
-               runs=[{k: r[k] for k in ('tower', 'variant', 'seed', 'local', 'global', 'families', 'params_added',
-                                       'seconds_per_step')} for r in runs],
-               hypotheses=hypotheses(runs, len(cfg.seeds)), timing=timing)
+    read = lambda name: json.loads((out / name).read_text()) if (out / name).exists() else {}
+    probes, p, timing = read('probes.json'), read('pilot.json'), read('timing.json')
+    A = arm_runs(runs, cfg, p['decision'])
+    timing['seconds_per_step'] = {f'{t}/{a}': float(np.mean([r['seconds_per_step'] for r in rs.values()]))
+                                  for t, arms in A.items() for a, rs in arms.items()}
+    arms_of = {}
+    for t, arms in A.items():
+        for a, rs in arms.items():
+            for r in rs.values(): arms_of.setdefault((t, r['variant'], r['seed']), []).append(a)
+    res = dict(machine=machine(), config=cfg.to_dict(), probes=probes, layer_map=p['layer_map'],
+               pilot=dict(families=list(cfg.endpoint_families), steps=cfg.steps, lr=cfg.lr, decision=p['decision'],
+                          why=cfg.pilot_why),
+               diagnostics=read('diagnostics.json'),
+               runs=[dict({k: r[k] for k in ('tower', 'variant', 'seed', 'local', 'global', 'families', 'params_added', 'seconds_per_step')},
+                          arm=arms_of[r['tower'], r['variant'], r['seed']]) for r in runs],
+               hypotheses=hypotheses(runs, cfg, p), timing=timing)
     (out / 'repro.json').write_text(json.dumps(res, indent=1))
-    save_figure(plot_repro(probes, runs, PRIMARY, cfg.model_config('cli', 0)), out / 'repro.png')
+    if runs: save_figure(plot_arms(A, list(cfg.endpoint_families), p['decision']), out / 'repro.png')
     save_figure(plot_probes(probes), out / 'probes.png')
     return res

@@ -12,7 +12,7 @@ import torch
 
 # %% auto #0
 __all__ = ['gate_heatmap', 'gate_strip', 'plot_alpha', 'plot_gates', 'loss_figure', 'report_figure', 'save_figure', 'plot_probes',
-           'plot_repro']
+           'plot_layer_map', 'plot_arms']
 
 # %% ../nbs/11_plots.ipynb #10b03e21
 def gate_heatmap(gates: list[dict], n_inject: int, mask: torch.Tensor | None = None) -> np.ndarray:
@@ -108,34 +108,47 @@ def plot_probes(probes: dict):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/11_plots.ipynb #08c93476
-def _probe_panel(ax, probes: dict) -> None:
-    for i, (t, attr) in enumerate([(t, a) for t in ('natural', 'bottleneck') if t in probes for a in ('texture', 'marker')]):
-        for kind, ls in (('mlp', '-'), ('linear', '--')):
-            ax.plot(probes[t][kind][attr], ls, marker='o', ms=3, color=f'C{i}', label=f'{t} {attr}' if kind == 'mlp' else None)
-    ax.axhline(probes['chance']['texture'], color='gray', ls=':'); ax.axhline(probes['chance']['marker'], color='gray', ls=':')
-    ax.set_xticks(range(len(probes['layers'])), [l.replace('block ', 'b') for l in probes['layers']])
-    ax.set_title('probes (MLP solid, linear dashed)', fontsize=9); ax.legend(fontsize=7)
+# %% ../nbs/11_plots.ipynb #a1b2c3d5
+def plot_layer_map(lmap: dict[str, dict], families: list[str]):
+    "Accuracy (%) per family (rows) and block (columns) for each tower of {tower: {block: {family: accuracy}}}."
+    towers = [t for t in lmap if lmap[t]]
+    fig, axs = plt.subplots(1, len(towers), figsize=(4.2 * len(towers), 0.5 * len(families) + 1.4), squeeze=False)
+    for ax, t in zip(axs[0], towers):
+        blocks = sorted(lmap[t], key=int)
+        acc = 100 * np.array([[lmap[t][b][f] for b in blocks] for f in families])
+        ax.imshow(acc, cmap='viridis', vmin=0, vmax=100, aspect='auto')
+        for r, c in np.ndindex(acc.shape):
+            ax.text(c, r, f'{acc[r, c]:.0f}', ha='center', va='center', fontsize=8, color='w' if acc[r, c] < 60 else 'k')
+        for r in range(len(families)):
+            ax.add_patch(plt.Rectangle((acc[r].argmax() - 0.5, r - 0.5), 1, 1, fill=False, ec='red', lw=1.5))
+        ax.set_xticks(range(len(blocks)), [f'block {b}' for b in blocks], fontsize=8)
+        ax.set_yticks(range(len(families)), families if ax is axs[0, 0] else [''] * len(families), fontsize=8)
+        ax.set_title(f'{t} tower: one-to-one from each block', fontsize=9)
+    fig.tight_layout()
+    return fig
 
-def _seed_panel(ax, probes: dict, runs: list[dict], variants) -> None:
-    for j, t in enumerate(('natural', 'bottleneck')):
-        for i, v in enumerate(variants):
-            ys = [r['local'] for r in runs if r['tower'] == t and r['variant'] == v]
-            x = i + 0.2 * (j - 0.5)
-            ax.scatter([x] * len(ys), ys, color=f'C{j}', s=14, label=t if i == 0 and ys else None)
-            if ys: ax.hlines(np.mean(ys), x - 0.08, x + 0.08, color=f'C{j}')
-    ax.axhline(np.mean([probes['chance'][a] for a in ('texture', 'marker')]), color='gray', ls=':', label='chance')
-    ax.set_xticks(range(len(variants)), variants, rotation=30, fontsize=7); ax.set_title('local accuracy, a dot per seed', fontsize=9)
-    ax.legend(fontsize=7)
-
-def plot_repro(probes: dict, runs: list[dict], variants, cli_cfg):
-    "The experiment's figure: probes, local accuracy per variant and seed, CLI's mean alpha (`cli_cfg` names its layers)."
-    fig, axs = plt.subplots(1, 4, figsize=(17, 3.4), dpi=80, gridspec_kw=dict(width_ratios=[1.2, 1.4, 1, 1]))
-    _probe_panel(axs[0], probes)
-    _seed_panel(axs[1], probes, runs, variants)
-    cli = [r for r in runs if r['tower'] == 'bottleneck' and r['variant'] == 'cli' and 'alpha' in r]
-    for ax, kind in zip(axs[2:], ('local', 'global')):
-        if not cli: ax.axis('off'); continue
-        plot_alpha(ax, np.mean([r['alpha'][kind] for r in cli], 0), cli_cfg, f'bottleneck cli: mean α, {kind} questions')
+# %% ../nbs/11_plots.ipynb #a1b2c3d7
+def plot_arms(arms: dict[str, dict[str, dict[int, dict]]], families: list[str], decision: dict):
+    """Per tower: accuracy (%) per family and arm, a dot per seed and a bar for the mean; the router (each family's
+    best one-to-one run, 'single <l>' arms) as a black line over each family."""
+    towers = [t for t in arms if arms[t]]
+    fig, axs = plt.subplots(len(towers), 1, figsize=(10, 3.2 * len(towers)), squeeze=False)
+    for ax, t in zip(axs[:, 0], towers):
+        names = [a for a in arms[t] if not a.startswith('single ')]
+        w = 0.8 / len(names)
+        for i, a in enumerate(names):
+            for j, f in enumerate(families):
+                ys = [100 * r['families'][f] for r in arms[t][a].values()]
+                x = j - 0.4 + (i + 0.5) * w
+                ax.bar(x, np.mean(ys), w * 0.9, color=f'C{i}', alpha=0.35, label=a if j == 0 else None)
+                ax.plot([x] * len(ys), ys, '.', color=f'C{i}', ms=4)
+        singles = [rs for a, rs in arms[t].items() if a.startswith('single ')]
+        for j, f in enumerate(families):
+            if singles:
+                best = max(np.mean([100 * r['families'][f] for r in rs.values()]) for rs in singles)
+                ax.plot([j - 0.45, j + 0.45], [best, best], 'k-', lw=1.5, label='router' if j == 0 else None)
+        ax.set_xticks(range(len(families)), families, fontsize=8); ax.set_ylim(0, 102); ax.set_ylabel('test accuracy (%)')
+        ax.set_title(f"{t} tower (best single layer: block {decision.get(t, {}).get('best_single', '?')})", fontsize=9)
+        ax.legend(fontsize=7, ncol=len(names) + 1, loc='lower right')
     fig.tight_layout()
     return fig

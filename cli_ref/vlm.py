@@ -41,7 +41,7 @@ class VLMConfig(ConfigMixin):
     lora_on: str = 'branch'          # 'branch': MLP(V) + BAV (the paper's formula); 'both': LoRA on both MLP Linears
     inject_layers: tuple = ()        # decoder blocks AGF runs before; () = every inject_every-th from inject_start
     inject_every: int = 2
-    inject_start: int = 0            # tiny: 1 (blocks 1 and 3; injecting before block 0 slowed learning, 12_train)
+    inject_start: int = 0            # the first decoder block AGF injects before (tiny: 1, so blocks 1 and 3)
     agf_dim: int = 0                 # AGF attention width d_a; 0 = the LLM width
     agf_heads: int = 4
     agf_tau: float = 1.0             # softmax temperature of the layer choice

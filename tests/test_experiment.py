@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cli_ref.experiment import (BottleneckViT, ExperimentConfig, VectorQuantizer, answer_position, hypotheses,
-                                mutual_information, object_tokens)
+from cli_ref.experiment import (BottleneckViT, ExperimentConfig, VectorQuantizer, answer_position, bootstrap_ci, grid_jobs,
+                                hypotheses, mutual_information, object_tokens, paired, trim_padding)
 from cli_ref.tokenizer import IGNORE_INDEX
 from cli_ref.vit import ViTConfig, VisionTransformer
 from cli_ref.vlm import VLM, VLMConfig, perturb_zero_init, shuffle_tokens
@@ -82,21 +82,80 @@ def test_answer_position():
     assert answer_position(labels).nonzero().tolist() == [[0, 3], [1, 5]]
 
 
-def _run(tower, variant, seed, local, glob=0.8, alpha=None):
-    return dict(tower=tower, variant=variant, seed=seed, local=local, **{'global': glob}, params_added=100_000,
-                seconds_per_step=0.5, **({'alpha': alpha} if alpha else {}))
+FAMS = ('count', 'largest_shape', 'leftmost_color', 'texture', 'marker')
+DECISION = {'bottleneck': dict(best_single=0, router=dict(count=5, largest_shape=0, leftmost_color=0, texture=0, marker=0)),
+            'natural': dict(best_single=0, router={f: 0 for f in FAMS})}
+
+
+def _run(tower, variant, seed, acc, layer=None, alpha=None, clamped=None):
+    fams = dict(zip(FAMS, acc))
+    return dict(tower=tower, variant=variant, seed=seed, families=fams, feature_layer=5 if layer is None else layer,
+                params_added=0, seconds_per_step=0.5, **({'alpha': alpha} if alpha else {}),
+                **({'clamped_last_bank': dict(zip(FAMS, clamped))} if clamped else {}))
+
+
+def _grid(cli_gain):
+    "Made-up runs of every registered arm: block 0 reads texture and colour, the baseline counts, cli adds `cli_gain`."
+    early, late = (0.85, 0.5, 0.9, 0.8, 0.5), (0.99, 0.5, 0.35, 0.33, 0.5)
+    alpha = {f: [[0.2, 0.3, 0.3, 0.2], [0.7 if f in ('texture', 'leftmost_color') else 0.3, 0.1, 0.1, 0.1]] for f in FAMS}
+    runs = []
+    for s in range(5):
+        cli = [min(1, max(a, b) + cli_gain - 0.001 * s) for a, b in zip(early, late)]
+        runs += [_run('bottleneck', 'block0', s, early, layer=0), _run('bottleneck', 'baseline', s, late),
+                 _run('bottleneck', 'cli', s, cli, alpha=alpha, clamped=(0.99, 0.5, 0.35, 0.33, 0.5)),
+                 _run('bottleneck', 'static', s, early)]
+    runs += [_run('bottleneck', 'cli-last', 0, late)]
+    runs += [_run('natural', v, s, early, layer=0 if v == 'block0' else None) for v in ('block0', 'cli') for s in range(3)]
+    return runs
 
 
 def test_hypotheses_follow_their_definitions():
-    hi, lo = {'local': [[0.6, 0.1, 0.1, 0.2]] * 2, 'global': [[0.3, 0.2, 0.2, 0.3]] * 2}, None
-    runs = [_run('bottleneck', 'baseline', s, 0.40) for s in range(3)] + \
-           [_run('bottleneck', 'cli', s, 0.55 + 0.01 * s, alpha=hi) for s in range(3)] + \
-           [_run('natural', 'baseline', s, 0.60) for s in range(3)] + [_run('natural', 'cli', s, 0.61) for s in range(3)]
-    h = hypotheses(runs)
-    assert h['H1']['held'] is True and h['H2']['held'] is True and h['H5']['held'] is True
-    assert h['H3']['held'] is None and h['H4']['held'] is None           # dense, deepstack, cli-last not run: undecided
-    runs[3]['local'] = 0.39                                              # one seed where cli loses: H1 fails
-    assert hypotheses(runs)['H1']['held'] is False
+    cfg = ExperimentConfig()
+    pilot = dict(decision=DECISION, layer_map={'bottleneck': {'0': dict(texture=0.9), '5': dict(texture=0.33)}})
+    runs = _grid(0.02)
+    h = hypotheses(runs, cfg, pilot)
+    mean = lambda v, s: 100 * np.mean(list(next(r for r in runs if r['tower'] == 'bottleneck' and r['variant'] == v
+                                                  and r['seed'] == s)['families'].values()))
+    gain = [mean('cli', s) - mean('block0', s) for s in range(5)]
+    router = np.mean([max(a, b) for a, b in zip((0.85, 0.5, 0.9, 0.8, 0.5), (0.99, 0.5, 0.35, 0.33, 0.5))]) * 100 - mean('block0', 0)
+    assert h['P0']['held'] is True
+    assert h['P1']['held'] is True and h['P1']['cli_minus_best_single']['mean'] == pytest.approx(np.mean(gain))
+    assert h['P1']['cli_minus_best_single']['sd'] == pytest.approx(np.std(gain, ddof=1))
+    assert h['P2']['held'] is True and h['P2']['share_of_router_gap'] == pytest.approx(np.mean(gain) / router)
+    assert h['P3']['held'] is True and h['P3']['clamp_cost']['texture'] > 15
+    assert h['P4']['held'] is True           # on the natural tower cli equals its best single layer
+    low = hypotheses(_grid(-0.08), cfg, pilot)   # cli 8 points below each family's better layer: worse than block 0
+    assert low['P1']['held'] is False and low['decision'].startswith('at this scale')
+    assert low['P2']['cli_minus_own_best_single_per_family']['texture'] == pytest.approx(-8 - 0.2)
+
+
+def test_hypotheses_wait_for_their_runs():
+    cfg, pilot = ExperimentConfig(), dict(decision=DECISION, layer_map={'bottleneck': {'0': dict(texture=0.9)}})
+    runs = [r for r in _grid(0.0) if r['seed'] < 3]
+    h = hypotheses(runs, cfg, pilot)
+    assert h['P1']['held'] is None and h['P2']['held'] is None and h['P3']['held'] is None
+
+
+def test_paired_interval_against_a_hand_computation():
+    d = paired({0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.4, 1: 0.4, 2: 0.4})       # differences 10, 20, 30 points
+    assert d['mean'] == pytest.approx(20) and d['sd'] == pytest.approx(10)
+    assert d['ci95'] == pytest.approx([20 - 4.303 * 10 / 3 ** 0.5, 20 + 4.303 * 10 / 3 ** 0.5])
+    lo, hi = bootstrap_ci(['1100', '1010'])                               # accuracy 50% either way
+    assert lo <= 50 <= hi and hi - lo > 0
+
+
+def test_grid_jobs_seed_major_with_the_router_blocks():
+    jobs = grid_jobs(ExperimentConfig(), DECISION)
+    assert jobs[0] == ('bottleneck', 'block0', 0) and ('bottleneck', 'baseline', 0) in jobs[:8]
+    assert sum(v == 'cli' for t, v, s in jobs if t == 'bottleneck') == 5 and sum(v == 'dense' for _, v, _ in jobs) == 3
+    assert sum(v == 'cli-last' for _, v, _ in jobs) == 1 and len(jobs) == len(set(jobs))
+
+
+def test_trim_padding_keeps_every_real_token():
+    ids = torch.tensor([[5, 6, 7, 0, 0, 0], [5, 6, 0, 0, 0, 0]])
+    labels = torch.where(ids > 0, ids, torch.full_like(ids, IGNORE_INDEX))
+    i, l = trim_padding(ids, labels, 0)
+    assert i.tolist() == [[5, 6, 7], [5, 6, 0]] and (l[:, :3] == labels[:, :3]).all()
 
 
 def test_quick_preset_is_small():
