@@ -15,13 +15,13 @@ from .data import DataError, check_images
 from .evaluate import ask, evaluate, format_results, load_run, majority_accuracy, run_report
 from .experiment import ExperimentConfig, experiment, load_runs, prepare, report, summary_table
 from .finetune import FinetuneConfig, finetune, load_finetuned, make_base_dataset
-from .train import DATASETS, TrainConfig, TrainingError, llava_split, load_data, make_dataset, train
+from .train import DATASETS, Interrupted, TrainConfig, TrainingError, llava_split, load_data, make_dataset, train
 from .injectors import VARIANTS
 from .plots import save_figure
 from .vlm import VLMConfig
 
 # %% auto #0
-__all__ = ['train_cmd', 'finetune_cmd', 'eval_cmd', 'ask_cmd', 'experiment_cmd', 'bench_cmd', 'build_parser', 'main']
+__all__ = ['RATES', 'train_cmd', 'finetune_cmd', 'eval_cmd', 'ask_cmd', 'experiment_cmd', 'bench_cmd', 'build_parser', 'main']
 
 # %% ../nbs/14_commands.ipynb #5c4c725a
 def _data_args(p: argparse.ArgumentParser, default_dataset: str | None):
@@ -51,13 +51,14 @@ def train_cmd(args) -> None:
     if args.base: return finetune_cmd(args)
     vit_steps = args.vit_steps if args.vit_steps is not None else 0 if args.data else TrainConfig.vit_steps
     d = TrainConfig
-    o = _given(args, steps=d.instruct_steps, vision_lr=d.vision_lr, batch_size=d.batch_size, ckpt_every=d.ckpt_every)
+    o = _given(args, steps=d.instruct_steps, vision_lr=d.vision_lr, batch_size=d.batch_size, ckpt_every=d.ckpt_every,
+               lr=d.lr, new_lr=d.new_lr, vit_lr=d.vit_lr, warmup=d.warmup)
     if args.data and not vit_steps and not o['vision_lr']:
         print(f"{args.data} has no image-level labels for stage 0: the tower keeps its random initialisation, frozen (on two "
               f"sets this beat training it end to end with the LLM: RESULTS.md, 'Your own data'; --vision-lr 5e-4 trains it)")
     cfg = TrainConfig(model=VLMConfig.preset(args.preset, variant=args.variant), instruct_steps=o['steps'],
                       vit_steps=vit_steps, vision_lr=o['vision_lr'], align_steps=args.align_steps, batch_size=o['batch_size'], turns=args.turns,
-                      balance=args.balance, restate=args.restate,
+                      balance=args.balance, restate=args.restate, lr=o['lr'], new_lr=o['new_lr'], vit_lr=o['vit_lr'], warmup=o['warmup'],
                       seed=args.seed, dtype=args.dtype, ckpt_every=o['ckpt_every'], **_dataset_fields(args))
     out = Path(args.output or f"runs/{cfg.dataset}-{args.variant}-{args.preset}-seed{args.seed}")
     t0 = time.perf_counter()
@@ -81,7 +82,7 @@ def finetune_cmd(args) -> None:
     if not args.data: raise DataError("training on a llava-hf checkpoint needs --data FILE.json and --image-folder DIR")
     d = FinetuneConfig
     o = _given(args, steps=d.steps, vision_lr=d.vision_lr, batch_size=d.batch_size, ckpt_every=d.ckpt_every, cli_lr=d.cli_lr,
-               projector_lr=d.projector_lr, llm_lr=d.llm_lr, max_len=d.max_len)
+               projector_lr=d.projector_lr, llm_lr=d.llm_lr, max_len=d.max_len, warmup=d.warmup)
     cfg = FinetuneConfig(base=args.base, data=args.data, test_data=args.test_data or '', image_folder=args.image_folder or '',
                          bad_images=args.bad_images, train=args.train, grad_accum=args.grad_accum, seed=args.seed, dtype=args.dtype,
                          gradient_checkpointing=args.gradient_checkpointing, **o)
@@ -111,11 +112,18 @@ def _readable_test(test: list, policy: str) -> list:
     if bad: print(f"left out {len(bad)} test record(s) with unreadable images: {', '.join(b['id'] for b in bad[:5])}{' ...' if len(bad) > 5 else ''}")
     return test
 
+def _file_to_score(args) -> list:
+    "Every record of `eval --data FILE` (a file given to eval is scored whole; a run's held-out split needs no --data)."
+    if args.test_data: raise DataError("eval scores every record of --data FILE; --test-data is for train (give the file once, as --data)")
+    test = llava_split(args.data, args.data, args.image_folder or '', train=False)[1]
+    print(f"scoring every record of {args.data}: {len(test):,} records")
+    return test
+
 def eval_cmd(args) -> None:
     model, tok, cfg, make = _model_of(args)
     if args.base:
         if not args.data: raise DataError("--base needs --data FILE.json (and --image-folder DIR): the test records")
-        test = llava_split(args.data, args.test_data or '', args.image_folder or '', train=False)[1]
+        test = _file_to_score(args)
         if args.limit: test = test[:args.limit]
         test = _readable_test(test, args.bad_images)
         res = evaluate(model, tok, test, cfg, out=Path(args.adapter) if args.adapter else None, batch_size=args.batch_size,
@@ -124,7 +132,12 @@ def eval_cmd(args) -> None:
     trained_on = cfg
     if args.data or args.dataset:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **_dataset_fields(args)})
-    _, test, _ = load_data(cfg, train=False)
+    if args.data: test = _file_to_score(args)
+    else:
+        _, test, _ = load_data(cfg, train=False)
+        held_out = cfg.dataset == 'llava' and not cfg.test_data
+        print(f"scoring {'the held-out last 10% of ' + cfg.data if held_out else 'the test set of ' + (cfg.test_data or cfg.dataset)}"
+              f" ({'the run' if not args.dataset else 'given'}): {len(test):,} records")
     if args.limit: test = test[:args.limit]
     if cfg.dataset == 'llava': test = _readable_test(test, args.bad_images)
     res = evaluate(model, tok, test, cfg, out=Path(args.checkpoint), batch_size=args.batch_size)
@@ -213,10 +226,24 @@ def _base_args(t) -> None:
     f.add_argument('--max-new-tokens', type=int, default=32, help='longest generated answer when scoring (default 32)')
 
 # %% ../nbs/14_commands.ipynb #3e90236b
+_RATES = [('--vit-steps', TrainConfig.vit_steps, '-', 'stage 0: the tower on image-level labels (easy-vqa, shapes)'),
+          ('--vit-lr', TrainConfig.vit_lr, '-', 'stage 0: the tower'),
+          ('--steps', TrainConfig.instruct_steps, 'one epoch', 'the instruct stage (with --base, the only stage)'),
+          ('--lr', TrainConfig.lr, '-', 'instruct stage: the LLM and the projector'),
+          ('--new-lr', TrainConfig.new_lr, '-', 'instruct stage: AMP and AGF'),
+          ('--cli-lr', '-', FinetuneConfig.cli_lr, 'AMP and AGF on the base'),
+          ('--projector-lr', '-', FinetuneConfig.projector_lr, 'the projector on the base'),
+          ('--llm-lr', '-', FinetuneConfig.llm_lr, 'the LLM, with --train cli+llm'),
+          ('--vision-lr', TrainConfig.vision_lr, 'see flag', 'the tower in the instruct stage (0: frozen)'),
+          ('--warmup', TrainConfig.warmup, FinetuneConfig.warmup, 'warm-up fraction of each stage, then cosine to 10%')]
+RATES = 'learning rates and stage lengths:\n  flag            from scratch  with --base  what it sets\n' + '\n'.join(
+    f'  {f:<16}{a!s:<14}{b!s:<13}{w}' for f, a, b, w in _RATES)
+
 def _train_parser(sub, common) -> None:
     "`cli_ref train`: the main job's options, then those for a llava-hf base (`--base`)."
     t = sub.add_parser('train', parents=[common], help='train a VLM (the main job: no arguments)', description='Train a VLM, then evaluate it '
-                       'on the test set. With no arguments: easy-VQA, tiny preset, variant cli.')
+                       'on the test set. With no arguments: easy-VQA, tiny preset, variant cli.', epilog=RATES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _data_args(t, 'easy-vqa')
     t.add_argument('--variant', choices=VARIANTS, default='cli', help='model variant (default cli)')
     t.add_argument('--preset', choices=sorted(VLMConfig.presets), default='tiny', help='model size (default tiny)')
@@ -226,6 +253,11 @@ def _train_parser(sub, common) -> None:
     t.add_argument('--vision-lr', type=float, help=f'tower learning rate in the instruct stage; 0 keeps it frozen, as LLaVA-1.5 '
                    f'does (default {TrainConfig.vision_lr}; with --base --train cli+llm: 2e-6 for OneVision, 0 for LLaVA-1.5)')
     t.add_argument('--align-steps', type=int, default=0, help='stage 1: projector-only steps (default 0)')
+    t.add_argument('--lr', type=float, help=f'instruct stage: LLM and projector learning rate (default {TrainConfig.lr:g})')
+    t.add_argument('--new-lr', type=float, help=f'instruct stage: AMP and AGF learning rate (default {TrainConfig.new_lr:g})')
+    t.add_argument('--vit-lr', type=float, help=f'stage 0: tower learning rate (default {TrainConfig.vit_lr:g})')
+    t.add_argument('--warmup', type=float, help=f'linear warm-up, a fraction of each stage, then cosine to 10%% '
+                   f'(default {TrainConfig.warmup:g}; with --base {FinetuneConfig.warmup:g})')
     t.add_argument('--batch-size', type=int, help=f'global batch size (default {TrainConfig.batch_size}; with --base {FinetuneConfig.batch_size})')
     t.add_argument('--balance', type=float, default=TrainConfig.balance,
                    help='repeat the rare answers of each question pattern by (most common / theirs) ** BALANCE in every epoch; '
@@ -328,5 +360,9 @@ def main(argv: list[str] | None = None) -> None:
         for bar in list(getattr(tqdm, '_instances', [])): bar.close()  # progress bars first: the error is the last line
         if args.debug: traceback.print_exc()
         print(f"cli_ref {args.command}: error: {e}", file=sys.stderr); sys.exit(2)
+    except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C and SIGTERM are normal ways to stop: no traceback
+        for bar in list(getattr(tqdm, '_instances', [])): bar.close()
+        if args.debug: traceback.print_exc()
+        print(f"cli_ref {args.command}: {e or 'interrupted'}", file=sys.stderr); sys.exit(130)
     finally:
         if dist.is_initialized(): dist.destroy_process_group()

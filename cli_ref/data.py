@@ -19,11 +19,12 @@ from tqdm.auto import tqdm
 from .tokenizer import IGNORE_INDEX, ChatTemplate, Tokenizer, encode_chat
 
 # %% auto #0
-__all__ = ['IMAGE_TOKEN', 'EASY_SHAPES', 'EASY_COLORS', 'SHAPES', 'COLORS', 'TEXTURES', 'COUNT_WORDS', 'DETAIL', 'FAMILIES',
-           'BAR_FAMILIES', 'VQARecord', 'family_stats', 'print_stats', 'load_easy_vqa', 'easy_vqa_image_labels',
-           'DataError', 'load_llava_json', 'check_images', 'save_llava_json', 'draw_scene', 'sample_scene',
-           'scene_labels', 'scene_questions', 'data_dir', 'generate_shapes', 'shapes_split', 'load_shapes', 'bar_chart',
-           'bar_questions', 'write_llava_set', 'group_turns', 'image_transform', 'VQADataset', 'collate']
+__all__ = ['IMAGE_TOKEN', 'EASY_SHAPES', 'EASY_COLORS', 'ROLES', 'SHAPES', 'COLORS', 'TEXTURES', 'COUNT_WORDS', 'DETAIL',
+           'FAMILIES', 'BAR_FAMILIES', 'VQARecord', 'family_stats', 'print_stats', 'load_easy_vqa',
+           'easy_vqa_image_labels', 'DataError', 'read_json_records', 'load_llava_json', 'check_images',
+           'save_llava_json', 'draw_scene', 'sample_scene', 'scene_labels', 'scene_questions', 'data_dir',
+           'generate_shapes', 'shapes_split', 'load_shapes', 'bar_chart', 'bar_questions', 'write_llava_set',
+           'group_turns', 'image_transform', 'VQADataset', 'collate']
 
 # %% ../nbs/05_data.ipynb #55dd9912
 IMAGE_TOKEN = '<image>'
@@ -42,8 +43,8 @@ class VQARecord:
         try:
             with Image.open(self.image) as im: return im.convert('RGB')
         except FileNotFoundError: raise FileNotFoundError(f"record {self.id}: image file {self.image} not found") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"record {self.id}: image file {self.image} is not a readable image ({e})") from None
+        except Exception as e:  # any failure to open or decode (PIL's DecompressionBombError is not an OSError)
+            raise ValueError(f"record {self.id}: image file {self.image} is not a readable image ({_why(e)})") from None
 
 def family_stats(records: Sequence[VQARecord]) -> dict[str, dict]:
     "Per family: count, share, kind, chance rate (1 / #answers) and majority-answer rate."
@@ -102,6 +103,24 @@ def easy_vqa_image_labels(split: str = 'train') -> tuple[np.ndarray, dict[str, n
 class DataError(ValueError):
     "A dataset file or record that cannot be used; the message names the file and the record."
 
+def _why(e: Exception) -> str:
+    "An exception as a reason in a one-line message: its class and its text."
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+ROLES = {'user': 'human', 'assistant': 'gpt', 'human': 'human', 'gpt': 'gpt'}
+
+def _as_conversations(rec: dict, where: str) -> dict:
+    """A record whose chat is `messages` with `role` / `content` (the other common layout) in LLaVA's
+    `conversations` with `from` / `value`; a 'system' message is not supported and says so."""
+    if 'conversations' in rec or 'messages' not in rec: return rec
+    if not isinstance(rec['messages'], list): raise DataError(f"{where}: 'messages' must be a list of role/content messages")
+    conv = []
+    for j, m in enumerate(rec['messages']):
+        role = m.get('role') if isinstance(m, dict) else None
+        if role not in ROLES: raise DataError(f"{where}: message {j} has role {role!r}; use 'user' and 'assistant' (no 'system')")
+        conv.append({'from': ROLES[role], 'value': m.get('content')})
+    return {**rec, 'conversations': conv}
+
 def _message_text(m, where: str, field: str) -> str:
     "A message's text: a string, or a number taken as its text (`42` -> '42'); anything else is an error."
     v = m.get('value') if isinstance(m, dict) else None
@@ -113,6 +132,7 @@ def _parse_llava_record(rec, i: int, path: Path, image_folder: Path) -> VQARecor
     rid = rec.get('id', f'#{i}') if isinstance(rec, dict) else f'#{i}'
     where = f"{path}, record {rid}"
     if not isinstance(rec, dict): raise DataError(f"{where}: a record must be a JSON object, got {type(rec).__name__}")
+    rec = _as_conversations(rec, where)
     for key in ('image', 'conversations'):
         if key not in rec: raise DataError(f"{where}: no {key!r} key (records need 'id', 'image', 'conversations')")
     if not isinstance(rid, (str, int)) or isinstance(rid, bool): raise DataError(f"{where}: 'id' must be a string or an integer")
@@ -139,15 +159,30 @@ def _parse_llava_record(rec, i: int, path: Path, image_folder: Path) -> VQARecor
     return VQARecord(str(rid), str(img), turns, str(rec.get('family', '')), str(rec.get('kind', '')))
 
 # %% ../nbs/05_data.ipynb #faba8155
-def load_llava_json(path: str | Path, image_folder: str | Path) -> list[VQARecord]:
-    "Records from a LLaVA-format JSON file; images relative to `image_folder`."
-    path, image_folder = Path(path), Path(image_folder)
-    try: raw = json.loads(path.read_text(encoding='utf-8'))
+def read_json_records(path: Path) -> list:
+    """The records of a JSON file (a list of objects) or a JSON Lines file (one object a line), told apart by content,
+    not by extension; a UTF-8 byte-order mark is allowed."""
+    try: text = path.read_text(encoding='utf-8-sig')
     except FileNotFoundError: raise DataError(f"data file {path} not found") from None
     except IsADirectoryError: raise DataError(f"data file {path} is a folder, not a JSON file") from None
     except UnicodeDecodeError as e: raise DataError(f"{path} is not UTF-8 text (byte {e.start}); LLaVA-format files are UTF-8 JSON") from None
-    except json.JSONDecodeError as e: raise DataError(f"{path} is not valid JSON: {e}") from None
+    try: raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg != 'Extra data': raise DataError(f"{path} is not valid JSON: {e}") from None
+        raw = []  # several JSON values: JSON Lines
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip(): continue
+            try: raw.append(json.loads(line))
+            except json.JSONDecodeError as e: raise DataError(f"{path}, line {n}: not valid JSON Lines ({e.msg}, column {e.colno})") from None
+    if isinstance(raw, dict) and ('conversations' in raw or 'messages' in raw): raw = [raw]  # JSON Lines of one record
     if not isinstance(raw, list): raise DataError(f"{path}: expected a JSON list of records, got {type(raw).__name__}")
+    return raw
+
+def load_llava_json(path: str | Path, image_folder: str | Path) -> list[VQARecord]:
+    """Records from a LLaVA-format file (a JSON list, or JSON Lines; chats as `conversations` with from/value or as
+    `messages` with role/content); images relative to `image_folder`."""
+    path, image_folder = Path(path), Path(image_folder)
+    raw = read_json_records(path)
     records = [_parse_llava_record(rec, i, path, image_folder) for i, rec in enumerate(raw)]
     seen = set()
     for r in records:
@@ -160,7 +195,7 @@ def _decode(path: str) -> str | None:
     try:
         with Image.open(path) as im: im.convert('RGB')
         return None
-    except (UnidentifiedImageError, OSError, ValueError) as e: return str(e) or type(e).__name__
+    except Exception as e: return _why(e)  # whatever the class: PIL's DecompressionBombError is not an OSError
 
 # %% ../nbs/05_data.ipynb #2b323013
 def check_images(records: Sequence[VQARecord], policy: str = 'error', max_bad: float = 0.05, workers: int = 0,

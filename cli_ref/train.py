@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_train.ipynb #221e4a47
 from __future__ import annotations
-import json, math, os, random, time
+import json, math, os, random, signal, threading, time
 from collections import Counter, defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -30,9 +30,10 @@ from .vlm import VLM, VLMConfig, causal_lm_loss, param_groups
 # %% auto #0
 __all__ = ['DATASETS', 'RESTATE', 'TrainConfig', 'lr_factor', 'batch_indices', 'question_pattern', 'balance_repeats',
            'restate_records', 'load_data', 'llava_split', 'build_tokenizer', 'make_dataset', 'model_config',
-           'TrainingError', 'rank_and_world', 'set_trainable', 'stage_at', 'pretrain_vit', 'check_run_dir',
-           'readable_records', 'FeatureCache', 'batch_to', 'backward_batch', 'optimizer_step', 'start_run', 'Run',
-           'prepare_run', 'vit_stage', 'cache_features', 'Progress', 'lm_stage', 'train']
+           'TrainingError', 'Interrupted', 'StopRequests', 'rank_and_world', 'set_trainable', 'stage_at',
+           'pretrain_vit', 'check_run_dir', 'readable_records', 'FeatureCache', 'batch_to', 'backward_batch',
+           'optimizer_step', 'start_run', 'Run', 'prepare_run', 'vit_stage', 'cache_features', 'Progress', 'lm_stage',
+           'train']
 
 # %% ../nbs/12_train.ipynb #88a6839d
 DATASETS = ('easy-vqa', 'shapes')
@@ -197,6 +198,28 @@ def model_config(cfg: TrainConfig, tok: Tokenizer) -> VLMConfig:
 # %% ../nbs/12_train.ipynb #23ca0a8a
 class TrainingError(RuntimeError): pass
 
+class Interrupted(Exception):
+    "Training stopped by Ctrl-C or SIGTERM; the message says at which step, and what `--resume` continues from."
+
+class StopRequests:
+    """Ctrl-C (SIGINT) and SIGTERM while training. Where stopping between steps is possible (`graceful`, the LLM
+    stages) the first one asks the loop to stop after the step it is in, so a checkpoint can be written; elsewhere,
+    or at a second signal, it stops at once (KeyboardInterrupt)."""
+    def __init__(self): self.signal, self.graceful, self.old = None, False, {}
+
+    def _handle(self, signum, frame):
+        first = self.signal is None
+        self.signal = signal.Signals(signum).name
+        if not (first and self.graceful): raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
+            self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items(): signal.signal(s, h)
+
 def rank_and_world() -> tuple[int, int]:
     "(this process's rank, the number of processes): (0, 1) outside torchrun."
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
@@ -252,8 +275,10 @@ def check_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> Path | None:
     saved, now = json.loads((ckpt / 'state.json').read_text())['config'], json.loads(cfg.to_json())
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff:
-        raise TrainingError(f"{ckpt} was written by a run with another config (differs in {diff}); "
-                            f"resume with the same options or choose another --output")
+        show = lambda v: 'absent' if v is None else json.dumps(v)[:40]
+        what = '; '.join(f"{k}: {show(saved.get(k))} in the run, {show(now.get(k))} now" for k in diff)
+        raise TrainingError(f"{ckpt} was written with another config ({what}); to continue it, pass the options it was "
+                            f"started with (its config is in {ckpt / 'state.json'}); to start anew, choose another --output")
     return ckpt
 
 def readable_records(records, policy: str, out_dir: Path, main_process: bool = True, progress: bool = True) -> list:
@@ -365,6 +390,7 @@ class Run:
     step: int = 0                    # global step
     seen: int = 0                    # samples seen by the LLM stages
     t_start: float = field(default_factory=time.perf_counter)
+    stops: StopRequests = field(default_factory=StopRequests)  # Ctrl-C / SIGTERM: stop after the current step
 
 def prepare_run(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
                 progress: bool = True) -> Run:
@@ -410,7 +436,6 @@ def vit_stage(run: Run, stage: dict, bar) -> None:
     "Stage 0 on this run, then its checkpoint (tower trained, no optimizer state: the next stage starts its own)."
     cfg = run.cfg
     if run.pretrain is None: raise TrainingError(f"stage 0 (--vit-steps) needs image-level labels; {cfg.dataset} has none")
-    bar.set_description('stage vit')
     losses = pretrain_vit(run.model, *run.pretrain, stage['steps'], cfg, run.dev, bar=bar)
     run.step += stage['steps']
     if run.rank != 0: return
@@ -461,10 +486,13 @@ def lm_stage(run: Run, stage: dict, s_step: int, cache: FeatureCache | None, bar
                                         run.world, run.dev, run.step, run.out_dir)
         run.step += 1; run.seen += cfg.batch_size
         if run.rank == 0: progress.step(run.step, stage['name'], loss, opt.param_groups[0]['lr'], gnorm, n)
-        if run.step % cfg.ckpt_every == 0 or s_step == stage['steps'] - 1:
+        stop = run.stops.signal
+        if run.step % cfg.ckpt_every == 0 or s_step == stage['steps'] - 1 or stop:
             if run.rank == 0: save_checkpoint(run.out_dir, run.step, run.model, opt,
                                               dict(step=run.step, seen=run.seen, config=cfg.to_dict()), cfg.keep_last)
             if run.world > 1: dist.barrier()
+        if stop: raise Interrupted(f"stopped by {stop} at step {run.step} of {cfg.total_steps}; checkpoint "
+                                   f"{latest_checkpoint(run.out_dir)} written: --resume continues from it")
 
 # %% ../nbs/12_train.ipynb #6f003c9d
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
@@ -472,16 +500,30 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
     "Run (or resume) the stages of `cfg`, writing checkpoints, `log.jsonl` and `loss.png` into `out_dir`."
     run = prepare_run(cfg, out_dir, resume, device, progress)
     stages, cache = cfg.stages(), None
-    bar = tqdm(total=cfg.total_steps, initial=run.step, disable=not progress or run.rank != 0, dynamic_ncols=True, mininterval=2)
-    while run.step < cfg.total_steps:
-        si, s_step = stage_at(stages, run.step)
-        if stages[si]['name'] == 'vit':
-            vit_stage(run, stages[si], bar)
-            continue
-        bar.set_description(f"stage {stages[si]['name']}")
-        if cache is None and not any('vision' in s['lrs'] for s in stages[si:]):  # the tower stays frozen from here on
-            cache = cache_features(run, bar)
-        lm_stage(run, stages[si], s_step, cache, bar)
-    bar.close()
+    bar = None
+    with run.stops:
+        try:
+            while run.step < cfg.total_steps:
+                si, s_step = stage_at(stages, run.step)
+                if bar is not None: bar.close()
+                # one bar a stage: its time left comes from its own rate (stage 0 is slower a step than the others)
+                bar = tqdm(total=stages[si]['steps'], initial=s_step, desc=f"stage {stages[si]['name']} ({si + 1}/{len(stages)})",
+                           disable=not progress or run.rank != 0, dynamic_ncols=True, mininterval=2)
+                if stages[si]['name'] == 'vit':
+                    vit_stage(run, stages[si], bar)
+                    continue
+                if cache is None and not any('vision' in s['lrs'] for s in stages[si:]):  # the tower stays frozen from here on
+                    cache = cache_features(run, bar)
+                    bar.reset(stages[si]['steps']); bar.initial = bar.n = s_step   # the stage's rate from its first step on
+                run.stops.graceful = True
+                lm_stage(run, stages[si], s_step, cache, bar)
+                run.stops.graceful = False
+        except KeyboardInterrupt:  # stage 0 or the feature cache (nothing to save mid-way), or a second signal
+            ck = latest_checkpoint(run.out_dir)
+            raise Interrupted(f"stopped by {run.stops.signal or 'SIGINT'} during step {run.step + 1} of {cfg.total_steps}; " +
+                              (f"--resume continues from {ck} (step {ck.name.split('-')[-1]})" if ck else
+                               "no checkpoint yet: --resume starts again")) from None
+        finally:
+            if bar is not None: bar.close()
     if run.rank == 0: save_figure(loss_figure(read_log(run.out_dir)), run.out_dir / 'loss.png')
     return run.model, run.tok

@@ -125,8 +125,7 @@ def test_eval_and_ask_give_the_same_one_line_errors(tmp_path):
     bad = [{'id': 't1', 'image': 'broken.png', 'conversations': [{'from': 'human', 'value': '<image>\nq'}, {'from': 'gpt', 'value': 'a'}]}]
     (tmp_path / 'test.json').write_text(json.dumps(bad))
     for cmd, expect in [
-        (['eval', '--checkpoint', str(tmp_path / 'run'), '--data', str(tmp_path / 'd.json'), '--test-data', str(tmp_path / 'test.json'),
-          '--image-folder', str(tmp_path / 'img')],
+        (['eval', '--checkpoint', str(tmp_path / 'run'), '--data', str(tmp_path / 'test.json'), '--image-folder', str(tmp_path / 'img')],
          r"cli_ref eval: error: record t1: image file .*broken\.png is not a readable image .*"),
         (['ask', '--checkpoint', str(tmp_path / 'run'), '--image', str(tmp_path / 'img' / 'broken.png'), '--question', 'q'],
          r"cli_ref ask: error: .*broken\.png is not a readable image.*"),
@@ -137,6 +136,14 @@ def test_eval_and_ask_give_the_same_one_line_errors(tmp_path):
         r = subprocess.run([CLI] + cmd, env=ENV, capture_output=True, text=True)
         assert r.returncode == 2 and 'Traceback' not in r.stderr, (cmd[0], r.stderr[-500:])
         assert re.fullmatch(expect, r.stderr.strip().splitlines()[-1]), r.stderr[-300:]
+    # a file given to eval is scored whole; without --data, the run's own held-out split, and the first line says which
+    good = json.loads((tmp_path / 'd.json').read_text())[:12]
+    (tmp_path / 'twelve.json').write_text(json.dumps(good))
+    r = subprocess.run([CLI, 'eval', '--checkpoint', str(tmp_path / 'run'), '--data', str(tmp_path / 'twelve.json'),
+                        '--image-folder', str(tmp_path / 'img')], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.splitlines()[0].endswith('twelve.json: 12 records') and '(n=12)' in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([CLI, 'eval', '--checkpoint', str(tmp_path / 'run')], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0 and re.match(r'scoring the held-out last 10% of .*d\.json \(the run\): 4 records', r.stdout), r.stdout
 
 def test_unusual_valid_images_and_text_train(tmp_path):
     "Grayscale, RGBA, palette and JPEG files of odd, non-square sizes, unicode file names and text: all train."
@@ -171,3 +178,59 @@ def test_feature_cache_gives_the_pixel_path_exactly(tmp_path):
         assert all(torch.equal(a['features'][k], pixels[k]) for k in pixels)
         assert torch.equal(model(None, a['input_ids'], a['attention_mask'], features=a['features']),
                            model(b['pixel_values'], b['input_ids'], b['attention_mask']))
+
+
+def _bomb(path):
+    "A PNG whose header claims 20,000 x 20,000 pixels: PIL refuses it as a possible decompression bomb (not an OSError)."
+    import struct, zlib
+    from PIL import Image
+    Image.new('RGB', (8, 8)).save(path)
+    b = bytearray(path.read_bytes())
+    b[16:24] = struct.pack('>II', 20000, 20000)                       # IHDR width, height
+    b[29:33] = struct.pack('>I', zlib.crc32(bytes(b[12:29])))          # the chunk's CRC
+    path.write_bytes(bytes(b))
+
+def test_decompression_bomb_is_a_one_line_error_or_skipped(tmp_path):
+    args = _llava_set(tmp_path, n=100)
+    _bomb(tmp_path / 'img' / 'im2.png')
+    r = run(args + ['--output', str(tmp_path / 'run')])
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    assert re.search(r"record r2: image file .*im2\.png is not a readable image \(DecompressionBombError", r.stderr.strip().splitlines()[-1])
+
+def test_llava_layouts_bom_jsonl_and_messages_train(tmp_path):
+    "JSON Lines with a UTF-8 byte-order mark, half the records in the role/content `messages` layout: accepted by content."
+    args = _llava_set(tmp_path, n=40)
+    recs = json.loads((tmp_path / 'd.json').read_text())
+    for r in recs[::2]:
+        q, a = r.pop('conversations')
+        r['messages'] = [{'role': 'user', 'content': q['value']}, {'role': 'assistant', 'content': a['value']}]
+    (tmp_path / 'd.jsonl').write_text('\n'.join(json.dumps(r) for r in recs) + '\n', encoding='utf-8-sig')
+    args[1] = str(tmp_path / 'd.jsonl')
+    r = run(args + ['--output', str(tmp_path / 'run'), '--lr', '5e-4', '--new-lr', '1e-3', '--warmup', '0.2'])
+    assert r.returncode == 0, r.stderr
+    assert 'test accuracy' in r.stdout and 'projector (lr 0.0005), amp (lr 0.001)' in r.stdout, r.stdout
+    assert json.loads(next((tmp_path / 'run').glob('ckpt-*/state.json')).read_text())['config']['warmup'] == 0.2
+    (tmp_path / 'bad.jsonl').write_text(json.dumps(recs[0]) + '\n{"id": \n')
+    args[1] = str(tmp_path / 'bad.jsonl')
+    r = run(args + ['--output', str(tmp_path / 'run2')])
+    assert r.returncode == 2 and re.search(r'bad\.jsonl, line 2: not valid JSON Lines', r.stderr.strip().splitlines()[-1]), r.stderr
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_writes_a_checkpoint_says_so_and_resumes(tmp_path, sig):
+    "Ctrl-C or SIGTERM in the instruct stage: the step is finished, a checkpoint written, one line says where; --resume ends the run."
+    out = tmp_path / 'run'
+    args = ['--steps', '200', '--ckpt-every', '1000', '--output', str(out)]
+    p = subprocess.Popen(TRAIN + args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / 'log.jsonl'
+    for _ in range(600):
+        if log.exists() and log.read_text().strip(): break
+        time.sleep(0.5)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    last = err.strip().splitlines()[-1]
+    assert p.returncode == 130 and 'Traceback' not in err, err[-800:]
+    m = re.fullmatch(rf"cli_ref train: stopped by {sig.name} at step (\d+) of 200; checkpoint .*ckpt-(\d+) written: --resume continues from it", last)
+    assert m and int(m[1]) == int(m[2]) and latest_checkpoint(out).name.endswith(m[2]), last
+    r = run(args + ['--resume'])
+    assert r.returncode == 0 and 'test accuracy' in r.stdout, r.stderr[-500:]
