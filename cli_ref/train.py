@@ -58,11 +58,11 @@ class TrainConfig(ConfigMixin):
     grad_accum: int = 1
     balance: float = 0.5             # repeat rare answers of a question pattern by (most common / theirs) ** balance; 0 = off
     restate: float = 0.25            # this share of the questions naming one answer word also asks for that word; 0 = off
-    lr: float = 1e-3                 # LLM and projector in stage 2 (2e-3 held the yes/no plateau: below)
+    lr: float = 1e-3                 # LLM and projector in stage 2 (why this rate: below)
     align_lr: float = 2e-3           # projector in stage 1
     new_lr: float = 2e-3             # AMP and AGF (new modules learn faster)
     vision_lr: float = 0.0           # tower in stage 2; 0 = frozen (LLaVA-1.5)
-    vit_lr: float = 5e-4             # tower in stage 0 (a ViT from scratch: 2e-3 learned shapes 3x slower)
+    vit_lr: float = 5e-4             # tower in stage 0 (a ViT from scratch)
     warmup: float = 0.05             # fraction of each stage
     weight_decay: float = 0.01
     clip: float = 1.0
