@@ -234,3 +234,13 @@ def test_interrupt_writes_a_checkpoint_says_so_and_resumes(tmp_path, sig):
     assert m and int(m[1]) == int(m[2]) and latest_checkpoint(out).name.endswith(m[2]), last
     r = run(args + ['--resume'])
     assert r.returncode == 0 and 'test accuracy' in r.stdout, r.stderr[-500:]
+
+
+def test_one_bar_a_stage_and_resume_names_what_differs(tmp_path):
+    args = [CLI, 'train', '--vit-steps', '2', '--steps', '3', '--batch-size', '8', '--eval-limit', '8', '--output', str(tmp_path / 'r')]
+    r = subprocess.run(args, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert 'stage vit (1/2)' in r.stderr and 'stage instruct (2/2)' in r.stderr            # each stage its own bar and rate
+    assert r.stdout.strip().splitlines()[-1].startswith(f"run folder {tmp_path / 'r'}")     # where it wrote
+    r = subprocess.run(args + ['--resume', '--lr', '2e-3', '--quiet'], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and 'lr: 0.001 in the run, 0.002 now' in r.stderr.strip().splitlines()[-1], r.stderr[-500:]
