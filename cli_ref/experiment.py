@@ -30,10 +30,10 @@ __all__ = ['PRIMARY', 'SECONDARY', 'GRID', 'ARMS', 'ARM_VARIANT', 'T95', 'Experi
            'feature_cache', 'object_tokens', 'probe_accuracy', 'mutual_information', 'probe_towers', 'code_information',
            'probe_table', 'grid_data', 'trim_padding', 'family_losses', 'train_run', 'answer_position', 'score_run',
            'clamp_alpha', 'run_file', 'model_file', 'run_one', 'run_lanes', 'pilot_jobs', 'layer_map',
-           'layer_map_table', 'router_gap', 'pilot', 'AttentionProbe', 'attention_probe_accuracy', 'load_pilot_model',
-           'marker_diagnostics', 'position_diagnostics', 'diagnostics', 'single_layer_variant', 'grid_jobs',
-           'load_runs', 'paired', 'bootstrap_ci', 'arm_runs', 'hypotheses', 'summary_table', 'families_of', 'machine',
-           'prepare', 'experiment', 'report']
+           'layer_map_table', 'router_gap', 'summarise_pilot', 'pilot', 'AttentionProbe', 'attention_probe_accuracy',
+           'load_pilot_model', 'marker_diagnostics', 'position_diagnostics', 'diagnostics', 'single_layer_variant',
+           'grid_jobs', 'load_runs', 'paired', 'bootstrap_ci', 'arm_runs', 'hypotheses', 'summary_table', 'families_of',
+           'machine', 'prepare', 'experiment', 'report']
 
 # %% ../nbs/15_experiment.ipynb #2bf89936
 PRIMARY = ('baseline', 'baseline-early', 'dense', 'deepstack', 'cli', 'cli-last')
@@ -517,21 +517,24 @@ def router_gap(lmap: dict[int, dict[str, float]], families: list[str]) -> dict:
                 mean_per_layer=mean)
 
 # %% ../nbs/15_experiment.ipynb #d4bd1f2c
-def pilot(cfg: ExperimentConfig, lanes: int = 2) -> dict:
-    "Run the layer map (resumable) and write `pilot.json` (the map, each tower's best single layer, router and gap) and `layer_map.png`."
-    t0 = time.perf_counter()
-    wall = run_lanes(cfg, pilot_jobs(cfg), 0, lanes, pilot=True)
+def summarise_pilot(cfg: ExperimentConfig, wall_s: float = 0.0) -> dict:
+    "Write `pilot.json` (the map, each tower's best single layer, router and gap, curves, s/step) and `layer_map.png` from the finished pilot runs."
     lmap, fams = layer_map(cfg), list(FAMILIES)
     runs = [json.loads(run_file(cfg, *j, pilot=True).read_text()) for j in pilot_jobs(cfg) if run_file(cfg, *j, pilot=True).exists()]
     out = dict(layer_map=lmap, families=fams, steps=cfg.pilot_steps, seed=cfg.pilot_seed, lr=cfg.lr, val_images=cfg.val_images,
                decision={t: router_gap(m, fams) for t, m in lmap.items() if m},
+               missing=[f'{t}/{v}' for t, v, s in pilot_jobs(cfg) if not run_file(cfg, t, v, s, pilot=True).exists()],
                curves={f"{r['tower']}/{r['variant']}": dict(val=r['val_curve'], family_loss=r['family_loss']) for r in runs},
                seconds_per_step={f"{r['tower']}/{r['variant']}": r['seconds_per_step'] for r in runs},
-               wall_s=wall, total_s=time.perf_counter() - t0, machine=machine())
+               wall_s=wall_s, machine=machine())
     f = Path(cfg.results) / 'pilot.json'; f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text(json.dumps(out, indent=1))
     if any(lmap.values()): save_figure(plot_layer_map(lmap, fams), Path(cfg.results) / 'layer_map.png')
     return out
+
+def pilot(cfg: ExperimentConfig, lanes: int = 2) -> dict:
+    "Run the layer map's missing runs (resumable), then `summarise_pilot`."
+    return summarise_pilot(cfg, run_lanes(cfg, pilot_jobs(cfg), 0, lanes, pilot=True))
 
 # %% ../nbs/15_experiment.ipynb #723629a8
 class AttentionProbe(nn.Module):
@@ -574,7 +577,8 @@ def load_pilot_model(cfg: ExperimentConfig, tower: str, variant: str, tok: Token
 @torch.no_grad()
 def marker_diagnostics(cfg: ExperimentConfig, layer: int = 0) -> dict:
     """Marker accuracy (test images) read from block `layer` of the natural tower four ways: an MLP probe on the pooled
-    tokens, on them standardised, on the pilot's one-to-one model's projector output; the attention probe."""
+    tokens, on them standardised, on the pilot's one-to-one model's projector output; the attention probe (and, as a
+    control, the same attention probe reading texture)."""
     tok = Tokenizer.from_file(Path(cfg.out) / 'tokenizer.json')
     one = load_pilot_model(cfg, 'natural', f'block{layer}', tok)
     n_tr = min(cfg.probe_images, cfg.train_images - cfg.val_images)
@@ -590,11 +594,12 @@ def marker_diagnostics(cfg: ExperimentConfig, layer: int = 0) -> dict:
         with torch.enable_grad(): marker[f'mlp probe, {name} tokens'] = probe_accuracy(xtr[:, 0], ytr, xte[:, 0], yte, hidden=128)
     obj = {s: _objects(splits[s][1]) for s in splits}
     x = {s: F.layer_norm(tokens[s], tokens[s].shape[-1:])[obj[s][0]] for s in splits}
+    probe = lambda a: attention_probe_accuracy(x['train'], torch.from_numpy(obj['train'][1]), torch.from_numpy(obj['train'][a]),
+                                               x['test'], torch.from_numpy(obj['test'][1]), torch.from_numpy(obj['test'][a]))
     with torch.enable_grad():
-        marker['attention probe, standardised tokens'] = attention_probe_accuracy(
-            x['train'], torch.from_numpy(obj['train'][1]), torch.from_numpy(obj['train'][2]),
-            x['test'], torch.from_numpy(obj['test'][1]), torch.from_numpy(obj['test'][2]))
-    return dict(layer=layer, accuracy=marker, chance=0.5)
+        marker['attention probe, standardised tokens'] = probe(2)
+        control = {'attention probe, standardised tokens': probe(3)}   # the same probe on texture: can it find objects at all?
+    return dict(layer=layer, accuracy=marker, chance=0.5, texture_control=control)
 
 @torch.no_grad()
 def position_diagnostics(cfg: ExperimentConfig) -> dict:
