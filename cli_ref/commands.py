@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import DataError, check_images
@@ -35,7 +36,9 @@ def _data_args(p: argparse.ArgumentParser, default_dataset: str | None):
     g.add_argument('--detail', choices=('coarse', 'fine'), default='coarse', help='shapes: detail scale (default coarse)')
     g.add_argument('--bad-images', choices=('error', 'skip'), default='error', help='LLaVA-format data: stop at an unreadable '
                    'image (error, the default), or leave its records out and list them in the run folder (skip; fails if '
-                   'more than 5%% of the records would go)')
+                   'more than 5%% of the records would go). Every image is opened once before training; one that cannot be '
+                   f'decoded, or that has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (PIL refuses it as a possible '
+                   'decompression bomb), counts as unreadable')
 
 def _dataset_fields(args) -> dict:
     if args.data: return dict(dataset='llava', data=args.data, test_data=args.test_data or '', image_folder=args.image_folder or '',

@@ -53,6 +53,7 @@ class ExperimentConfig(ConfigMixin):
     train_images: int = 20000      # 5 questions each: 100,000 training questions
     test_images: int = 1000        # 5,000 test questions; the probes are tested on them too
     probe_images: int = 3000       # the probes are trained on the objects of the first training images
+    attention_probe_steps: int = 1500  # the marker diagnostic's attention probe
     tower_steps: int = 700         # natural tower: stage 0 on the global labels
     bottleneck_steps: int = 800    # bottleneck tower: later blocks + codebook, again on the global labels
     frozen_blocks: int = 2         # the bottleneck tower keeps its embedding and these first blocks from the natural one
@@ -80,7 +81,8 @@ class ExperimentConfig(ConfigMixin):
         'full': {},
         # the whole protocol at toy sizes in about a minute: a test of the machinery, not of the claim
         'quick': dict(train_images=300, test_images=60, probe_images=150, curriculum_images=50, tower_steps=4, bottleneck_steps=4, steps=4,
-                      curriculum_steps=2, batch_size=16, warmup_steps=1, val_images=60, pilot_steps=4, eval_every=2),
+                      curriculum_steps=2, batch_size=16, warmup_steps=1, val_images=60, pilot_steps=4, eval_every=2,
+                      attention_probe_steps=20),
     }
 
     def model_config(self, variant: str, early_layer: int) -> VLMConfig:
@@ -595,7 +597,8 @@ def marker_diagnostics(cfg: ExperimentConfig, layer: int = 0) -> dict:
     obj = {s: _objects(splits[s][1]) for s in splits}
     x = {s: F.layer_norm(tokens[s], tokens[s].shape[-1:])[obj[s][0]] for s in splits}
     probe = lambda a: attention_probe_accuracy(x['train'], torch.from_numpy(obj['train'][1]), torch.from_numpy(obj['train'][a]),
-                                               x['test'], torch.from_numpy(obj['test'][1]), torch.from_numpy(obj['test'][a]))
+                                               x['test'], torch.from_numpy(obj['test'][1]), torch.from_numpy(obj['test'][a]),
+                                               steps=cfg.attention_probe_steps)
     with torch.enable_grad():
         marker['attention probe, standardised tokens'] = probe(2)
         control = {'attention probe, standardised tokens': probe(3)}   # the same probe on texture: can it find objects at all?
