@@ -25,19 +25,17 @@ from .data import FAMILIES
 from .vlm import VLM, VLMConfig, causal_lm_loss, params_over_baseline
 
 # %% auto #0
-__all__ = ['PRIMARY', 'SECONDARY', 'GRID', 'ARMS', 'ARM_VARIANT', 'T95', 'ExperimentConfig', 'pixels', 'natural_tower',
-           'VectorQuantizer', 'BottleneckViT', 'bottleneck_tower', 'tower_file', 'build_towers', 'load_tower',
-           'feature_cache', 'object_tokens', 'probe_accuracy', 'mutual_information', 'probe_towers', 'code_information',
-           'probe_table', 'grid_data', 'trim_padding', 'family_losses', 'train_run', 'answer_position', 'score_run',
-           'clamp_alpha', 'run_file', 'model_file', 'run_one', 'run_lanes', 'pilot_jobs', 'layer_map',
-           'layer_map_table', 'router_gap', 'summarise_pilot', 'pilot', 'AttentionProbe', 'attention_probe_accuracy',
-           'load_pilot_model', 'marker_diagnostics', 'position_diagnostics', 'diagnostics', 'single_layer_variant',
-           'grid_jobs', 'load_runs', 'paired', 'bootstrap_ci', 'arm_runs', 'hypotheses', 'summary_table', 'families_of',
-           'machine', 'prepare', 'experiment', 'report']
+__all__ = ['GRID', 'ARMS', 'ARM_VARIANT', 'T95', 'ExperimentConfig', 'pixels', 'natural_tower', 'VectorQuantizer',
+           'BottleneckViT', 'bottleneck_tower', 'tower_file', 'build_towers', 'load_tower', 'feature_cache',
+           'object_tokens', 'probe_accuracy', 'mutual_information', 'probe_towers', 'code_information', 'probe_table',
+           'grid_data', 'trim_padding', 'family_losses', 'train_run', 'answer_position', 'score_run', 'clamp_alpha',
+           'run_file', 'model_file', 'run_one', 'run_lanes', 'pilot_jobs', 'layer_map', 'layer_map_table', 'router_gap',
+           'summarise_pilot', 'pilot', 'AttentionProbe', 'attention_probe_accuracy', 'load_pilot_model',
+           'marker_diagnostics', 'position_diagnostics', 'diagnostics', 'single_layer_variant', 'grid_jobs',
+           'load_runs', 'paired', 'bootstrap_ci', 'arm_runs', 'hypotheses', 'summary_table', 'families_of', 'machine',
+           'prepare', 'experiment', 'report']
 
 # %% ../nbs/15_experiment.ipynb #2bf89936
-PRIMARY = ('baseline', 'baseline-early', 'dense', 'deepstack', 'cli', 'cli-last')
-SECONDARY = ('static', 'cli-nolora', 'cli-2layers', 'cli-every1')
 GRID = {  # variant name -> VLMConfig overrides
     'baseline': {}, 'baseline-early': dict(feature_layer='early'), 'dense': dict(variant='dense'),
     'deepstack': dict(variant='deepstack'), 'cli': dict(variant='cli'), 'cli-last': dict(variant='cli-last'),
