@@ -318,7 +318,7 @@ def grid_data(cfg: ExperimentConfig) -> dict:
     everything = load_shapes('train', n=cfg.train_images, detail=cfg.detail)[0]
     held_out = lambda r: int(r.id.split('-')[2]) >= cfg.train_images - cfg.val_images
     train, val = [r for r in everything if not held_out(r)], [r for r in everything if held_out(r)]
-    test = load_shapes('test', detail=cfg.detail)[0][:cfg.test_images * 5]
+    test = load_shapes('test', detail=cfg.detail)[0][:cfg.test_images * len(FAMILIES)]
     f = Path(cfg.out) / 'tokenizer.json'
     if f.exists(): tok = Tokenizer.from_file(f)
     else:
@@ -433,9 +433,10 @@ def run_one(cfg: ExperimentConfig, tower: str, variant: str, seed: int, early_la
     t0 = time.perf_counter()
     model, curves = train_run(cfg, mcfg, data, caches, seed, steps, evaluate=validate if pilot else None)
     seconds = time.perf_counter() - t0
-    scored = score_run(model, data, caches['train'], 'val') if pilot else score_run(model, data, feature_cache(cfg, tower, 'test'))
+    test = None if pilot else feature_cache(cfg, tower, 'test')
+    scored = score_run(model, data, caches['train'], 'val') if pilot else score_run(model, data, test)
     if not pilot and getattr(model.injector, 'gate', None) == 'dynamic':  # the clamp test: α all on the last bank
-        scored['clamped_last_bank'] = score_run(clamp_alpha(model, len(mcfg.bank_layers) - 1), data, feature_cache(cfg, tower, 'test'))['families']
+        scored['clamped_last_bank'] = score_run(clamp_alpha(model, len(mcfg.bank_layers) - 1), data, test)['families']
         clamp_alpha(model, None)
     added, frac = params_over_baseline(mcfg)
     res = dict(tower=tower, variant=variant, seed=seed, split='val' if pilot else 'test', **scored,
@@ -740,13 +741,13 @@ def hypotheses(runs: list[dict], cfg: ExperimentConfig, pilot_out: dict) -> dict
 def summary_table(runs: list[dict], cfg: ExperimentConfig, pilot_out: dict) -> str:
     """Markdown table per tower and arm: the primary endpoint (mean ± sample sd over seeds) and each family (mean over
     seeds, with a 95% bootstrap interval over the questions), params added, s/step."""
-    A, fams, test_fams = arm_runs(runs, cfg, pilot_out['decision']), list(cfg.endpoint_families), None
+    A, fams = arm_runs(runs, cfg, pilot_out['decision']), list(cfg.endpoint_families)
+    test_fams = families_of(cfg) if runs else []
     head = ['tower', 'arm', 'seeds', 'endpoint', *fams, 'params added', 's/step']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for t, arms in A.items():
         for a, rs in sorted(arms.items(), key=lambda kv: (kv[0].startswith('single'), kv[0])):
             rs = list(rs.values())
-            test_fams = test_fams or families_of(cfg)
             e = [100 * np.mean([r['families'][f] for f in fams]) for r in rs]
             cell = lambda f: (lambda lo_hi: f"{100 * np.mean([r['families'][f] for r in rs]):.1f} [{lo_hi[0]:.0f}, {lo_hi[1]:.0f}]")(
                 bootstrap_ci([_family_right(r, f, test_fams) for r in rs]))
