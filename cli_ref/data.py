@@ -20,7 +20,7 @@ from .tokenizer import IGNORE_INDEX, ChatTemplate, Tokenizer, encode_chat
 
 # %% auto #0
 __all__ = ['IMAGE_TOKEN', 'EASY_SHAPES', 'EASY_COLORS', 'ROLES', 'SHAPES', 'COLORS', 'TEXTURES', 'COUNT_WORDS', 'DETAIL',
-           'FAMILIES', 'BAR_FAMILIES', 'VQARecord', 'family_stats', 'print_stats', 'load_easy_vqa',
+           'FAMILIES', 'SHAPES_FAMILIES', 'BAR_FAMILIES', 'VQARecord', 'family_stats', 'print_stats', 'load_easy_vqa',
            'easy_vqa_image_labels', 'DataError', 'read_json_records', 'load_llava_json', 'check_images',
            'save_llava_json', 'draw_scene', 'sample_scene', 'scene_labels', 'scene_questions', 'data_dir',
            'generate_shapes', 'shapes_split', 'load_shapes', 'bar_chart', 'bar_questions', 'write_llava_set',
@@ -262,7 +262,9 @@ COLORS = {'red': (220, 40, 40), 'green': (40, 170, 60), 'blue': (50, 90, 230), '
 TEXTURES = ('plain', 'stripes', 'dots')
 COUNT_WORDS = {1: 'one', 2: 'two', 3: 'three', 4: 'four'}
 DETAIL = {'coarse': dict(stripe_period=4, marker_size=3), 'fine': dict(stripe_period=2, marker_size=2)}
-FAMILIES = {'count': 'global', 'largest_shape': 'global', 'leftmost_color': 'global', 'texture': 'local', 'marker': 'local'}
+FAMILIES = {'count': 'global', 'largest_shape': 'global', 'largest_color': 'global', 'leftmost_color': 'global',
+            'texture': 'local', 'marker': 'local', 'shape': 'local'}  # every question a scene answers -> its kind
+SHAPES_FAMILIES = ('count', 'largest_shape', 'leftmost_color', 'texture', 'marker')  # the shapes set asks these
 
 def _shape_mask(shape, cx, cy, r, yy, xx):
     if shape == 'circle': return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
@@ -314,15 +316,17 @@ def scene_labels(objs: list[dict]) -> dict:
     return dict(count=len(objs), largest_shape=big['shape'], largest_color=big['color'])
 
 def scene_questions(objs: list[dict], rng: np.random.Generator) -> dict[str, tuple[str, str]]:
-    "One (question, answer) per family; local questions name their object by colour, last."
+    "One (question, answer) per family of `FAMILIES`; local questions name their object by colour, last."
     lab, target = scene_labels(objs), objs[int(rng.integers(len(objs)))]
     left = min(objs, key=lambda o: o['x'])
     c = target['color']
     return {'count': ('how many objects are there', COUNT_WORDS[lab['count']]),
             'largest_shape': ('what shape is the largest object', lab['largest_shape']),
+            'largest_color': ('what colour is the largest object', lab['largest_color']),
             'leftmost_color': ('what colour is the object furthest to the left', left['color']),
             'texture': (f'what texture is the object of colour {c}', target['texture']),
-            'marker': (f'is there a marker on the object of colour {c}', 'yes' if target['marker'] else 'no')}
+            'marker': (f'is there a marker on the object of colour {c}', 'yes' if target['marker'] else 'no'),
+            'shape': (f'what shape is the object of colour {c}', target['shape'])}
 
 # %% ../nbs/05_data.ipynb #ab8932e2
 def data_dir() -> Path:
@@ -356,12 +360,14 @@ def shapes_split(split: str = 'train', n: int | None = None, detail: str = 'coar
 
 # %% ../nbs/05_data.ipynb #dc7afc17
 def load_shapes(split: str = 'train', n: int | None = None, detail: str = 'coarse', seed: int = 0,
-                cache: bool = True, objects: tuple = (2, 4)) -> tuple[list[VQARecord], dict[str, np.ndarray], np.ndarray]:
-    """Shapes records (one per image and family), image-level labels and the images (n, H, W, 3) of `shapes_split`."""
+                cache: bool = True, objects: tuple = (2, 4), families: tuple = SHAPES_FAMILIES
+                ) -> tuple[list[VQARecord], dict[str, np.ndarray], np.ndarray]:
+    """Shapes records (one per image and family of `families`), image-level labels and the images (n, H, W, 3) of
+    `shapes_split`. The questions of a scene do not depend on which families are kept."""
     images, scenes = shapes_split(split, n, detail, seed, cache, objects)
     rng = np.random.default_rng(_split_seed(split, seed) + 7)
     records = [VQARecord(f'shapes-{split}-{i}-{fam}', images[i], [(f'{IMAGE_TOKEN}\n{q}', a)], fam, FAMILIES[fam])
-               for i, sc in enumerate(scenes) for fam, (q, a) in scene_questions(sc, rng).items()]
+               for i, sc in enumerate(scenes) for fam, (q, a) in scene_questions(sc, rng).items() if fam in families]
     labs = [scene_labels(sc) for sc in scenes]
     labels = {'count': np.array([l['count'] - 2 for l in labs]),
               'largest_shape': np.array([SHAPES.index(l['largest_shape']) for l in labs]),

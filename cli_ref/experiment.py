@@ -48,8 +48,8 @@ GRID = {  # variant name -> VLMConfig overrides
 class ExperimentConfig(ConfigMixin):
     model: str = 'tiny'             # the VLM preset
     detail: str = 'coarse'
-    train_images: int = 20000      # 5 questions each: 100,000 training questions
-    test_images: int = 1000        # 5,000 test questions; the probes are tested on them too
+    train_images: int = 20000      # one question per family each: 120,000 questions
+    test_images: int = 1000        # 6,000 test questions; the probes are tested on them too
     probe_images: int = 3000       # the probes are trained on the objects of the first training images
     attention_probe_steps: int = 1500  # the marker diagnostic's attention probe
     tower_steps: int = 700         # natural tower: stage 0 on the global labels
@@ -68,7 +68,8 @@ class ExperimentConfig(ConfigMixin):
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
-    endpoint_families: tuple = tuple(FAMILIES)  # the primary endpoint is the mean accuracy over these
+    families: tuple = ('count', 'largest_shape', 'largest_color', 'leftmost_color', 'texture', 'shape')  # asked of every image (05_data)
+    endpoint_families: tuple = ()  # the primary endpoint is the mean accuracy over these (empty: every family asked)
     pilot_why: str = ''            # why the pilot chose `steps`, `lr` and `endpoint_families` (written into repro.json)
     seeds: tuple = (0, 1, 2, 3, 4)  # the confirmatory seeds; an arm with n seeds in `ARMS` runs the first n
     towers: tuple = ('natural', 'bottleneck')
@@ -82,6 +83,11 @@ class ExperimentConfig(ConfigMixin):
                       curriculum_steps=2, batch_size=16, warmup_steps=1, val_images=60, pilot_steps=4, eval_every=2,
                       attention_probe_steps=20),
     }
+
+    def __post_init__(self):
+        unknown = [f for f in (*self.families, *self.endpoint_families) if f not in FAMILIES]
+        if unknown: raise ValueError(f"unknown question families {unknown}; a scene answers {list(FAMILIES)}")
+        self.endpoint_families = tuple(self.endpoint_families) or tuple(self.families)
 
     def model_config(self, variant: str, early_layer: int) -> VLMConfig:
         "The VLM of one grid entry, or with variant 'block<l>' the one-to-one connector reading block l (the layer map)."
@@ -315,16 +321,17 @@ def _encode(records: list, tok: Tokenizer, n_image_tokens: int) -> dict[str, tor
 def grid_data(cfg: ExperimentConfig) -> dict:
     """Tokenizer and encoded questions shared by every run: 'train', 'val' (the questions of the last `val_images`
     training images, which no run trains on), 'test' and 'curriculum'. The tokenizer is saved once in `cfg.out`."""
-    everything = load_shapes('train', n=cfg.train_images, detail=cfg.detail)[0]
+    everything = load_shapes('train', n=cfg.train_images, detail=cfg.detail, families=cfg.families)[0]
     held_out = lambda r: int(r.id.split('-')[2]) >= cfg.train_images - cfg.val_images
     train, val = [r for r in everything if not held_out(r)], [r for r in everything if held_out(r)]
-    test = load_shapes('test', detail=cfg.detail)[0][:cfg.test_images * len(FAMILIES)]
+    test = load_shapes('test', detail=cfg.detail, families=cfg.families)[0][:cfg.test_images * len(cfg.families)]
     f = Path(cfg.out) / 'tokenizer.json'
     if f.exists(): tok = Tokenizer.from_file(f)
     else:
         tok = build_tokenizer(train, 384, template='tiny'); f.parent.mkdir(parents=True, exist_ok=True); tok.save(f)
     n = cfg.model_config('baseline', 0).n_image_tokens
-    curriculum = [r for r in load_shapes('train', n=cfg.curriculum_images, detail=cfg.detail, seed=1, objects=(1, 1))[0]
+    curriculum = [r for r in load_shapes('train', n=cfg.curriculum_images, detail=cfg.detail, seed=1, objects=(1, 1),
+                                         families=cfg.families)[0]
                   if r.kind == 'local']
     return dict(tok=tok, train=_encode(train, tok, n), val=_encode(val, tok, n), test=_encode(test, tok, n),
                 curriculum=_encode(curriculum, tok, n))
@@ -520,7 +527,7 @@ def router_gap(lmap: dict[int, dict[str, float]], families: list[str]) -> dict:
 # %% ../nbs/15_experiment.ipynb #d4bd1f2c
 def summarise_pilot(cfg: ExperimentConfig, wall_s: float = 0.0) -> dict:
     "Write `pilot.json` (the map, each tower's best single layer, router and gap, curves, s/step) and `layer_map.png` from the finished pilot runs."
-    lmap, fams = layer_map(cfg), list(FAMILIES)
+    lmap, fams = layer_map(cfg), list(cfg.families)
     runs = [json.loads(run_file(cfg, *j, pilot=True).read_text()) for j in pilot_jobs(cfg) if run_file(cfg, *j, pilot=True).exists()]
     out = dict(layer_map=lmap, families=fams, steps=cfg.pilot_steps, seed=cfg.pilot_seed, lr=cfg.lr, val_images=cfg.val_images,
                decision={t: router_gap(m, fams) for t, m in lmap.items() if m},
@@ -757,7 +764,7 @@ def summary_table(runs: list[dict], cfg: ExperimentConfig, pilot_out: dict) -> s
 
 def families_of(cfg: ExperimentConfig) -> list[str]:
     "The family of every test question, in order."
-    test = load_shapes('test', detail=cfg.detail)[0][:cfg.test_images * len(FAMILIES)]
+    test = load_shapes('test', detail=cfg.detail, families=cfg.families)[0][:cfg.test_images * len(cfg.families)]
     return [r.family for r in test]
 
 # %% ../nbs/15_experiment.ipynb #921156aa
