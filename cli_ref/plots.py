@@ -10,9 +10,45 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .injectors import VARIANTS, AGFInjector, DeepStack, DenseInput
+
 # %% auto #0
-__all__ = ['gate_heatmap', 'gate_strip', 'plot_alpha', 'plot_gates', 'loss_figure', 'report_figure', 'save_figure', 'plot_probes',
-           'plot_layer_map', 'plot_arms']
+__all__ = ['plot_architecture', 'gate_heatmap', 'gate_strip', 'plot_alpha', 'plot_gates', 'loss_figure', 'report_figure',
+           'save_figure', 'plot_probes', 'plot_layer_map', 'plot_arms']
+
+# %% ../nbs/11_plots.ipynb #af10a66a
+def plot_architecture(cfg, ax=None, title: str | None = None):
+    """Which vision blocks feed the language model, and where, drawn from `cfg` (a `VLMConfig`): tower blocks (left),
+    decoder blocks (right), the input connector (orange) and the variant's other vision blocks (blue)."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(3.2, 4), dpi=80)
+    V, D, kind = cfg.vit.depth, cfg.llm.n_layers, VARIANTS[cfg.variant]
+    dense, deep, agf = issubclass(kind, DenseInput), issubclass(kind, DeepStack), issubclass(kind, AGFInjector)
+    banks = sorted(set(cfg.bank_layers)) if (dense or deep or agf) else []
+    feed = [] if dense else [cfg.feature_index]
+    yv = lambda k: (k + 0.5) / V                                   # tower block k, bottom to top
+    yd = lambda j: (j + 1.5) / (D + 1)                             # decoder block j; the input sits below block 0
+    def box(x, y, h, text, color):
+        ax.add_patch(plt.Rectangle((x - 0.4, y - h / 2), 0.8, h, fc=color, ec='0.4', lw=0.5))
+        if text: ax.text(x, y, text, ha='center', va='center', fontsize=6)
+    label = lambda i, n, used: str(i) if n <= 12 or used else ''
+    for k in range(V):
+        box(0, yv(k), 0.8 / V, label(k, V, k in banks + feed), 'C1' if k in feed else 'C0' if k in banks else '0.92')
+    box(3, yd(-1), 0.8 / (D + 1), 'input', '0.8')
+    injected = cfg.injection_layers if agf else range(1, len(banks) + 1) if deep else ()
+    for j in range(D): box(3, yd(j), 0.8 / (D + 1), label(j, D, j in injected), '0.75' if j in injected else '0.92')
+    arrow = lambda y0, y1, c, x0=0.4, x1=2.6, rad=0.0: ax.annotate('', (x1, y1), (x0, y0), arrowprops=dict(
+        arrowstyle='->', color=c, lw=0.8, shrinkA=0, shrinkB=0, connectionstyle=f'arc3,rad={rad}'))
+    for k in feed + (banks if dense else []): arrow(yv(k), yd(-1), 'C1' if k in feed else 'C0')
+    if deep:
+        for j, k in enumerate(banks, 1): arrow(yv(k), yd(j), 'C0')
+    if agf:
+        box(1.5, 0.5, 0.12, 'AMP', 'C0')
+        for k in cfg.bank_layers: arrow(yv(k), 0.5, 'C0', x1=1.1)
+        for j in cfg.injection_layers: arrow(0.5, yd(j), 'C0', x0=1.9, rad=-0.1)
+    ax.text(0, 1.03, f'tower ({V})', ha='center', fontsize=7); ax.text(3, 1.03, f'decoder ({D})', ha='center', fontsize=7)
+    ax.set_xlim(-0.6, 3.6); ax.set_ylim(-0.02, 1.08); ax.axis('off')
+    ax.set_title(title or cfg.variant, fontsize=9)
+    return fig
 
 # %% ../nbs/11_plots.ipynb #10b03e21
 def gate_heatmap(gates: list[dict], n_inject: int, mask: torch.Tensor | None = None) -> np.ndarray:
