@@ -177,9 +177,11 @@ class LLM(nn.Module):
         if cache is not None: cache.advance(T)
         return self.norm(x)
 
-    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, cache=None, inject=None):
-        "Logits (B, T, V)."
-        return self.lm_head(self.hidden(input_ids, inputs_embeds, attention_mask, cache, inject))
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, cache=None, inject=None,
+                logits_at: torch.Tensor | None = None):
+        """Logits (B, T, V); with `logits_at`, a (B, T) boolean mask, only at those positions: (n, V), row-major."""
+        h = self.hidden(input_ids, inputs_embeds, attention_mask, cache, inject)
+        return self.lm_head(h if logits_at is None else h[logits_at])
 
 # %% ../nbs/04_llm.ipynb #fe717d1b
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -210,7 +212,8 @@ def generate(lm: LLM, input_ids=None, inputs_embeds=None, attention_mask=None, m
     done = torch.zeros(B, dtype=torch.bool, device=x.device)
     out, step_in = [], x
     for _ in range(max_new_tokens):
-        logits = lm(inputs_embeds=step_in, attention_mask=am, cache=cache, inject=inject)[:, -1]
+        last = torch.zeros(step_in.shape[:2], dtype=torch.bool, device=x.device); last[:, -1] = True
+        logits = lm(inputs_embeds=step_in, attention_mask=am, cache=cache, inject=inject, logits_at=last)  # (B, V)
         nxt = sample_next(logits, temperature, top_k, top_p, generator)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         out.append(nxt)

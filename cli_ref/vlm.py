@@ -21,8 +21,8 @@ from .tokenizer import IGNORE_INDEX
 from .vit import ViTConfig, VisionTransformer
 
 # %% auto #0
-__all__ = ['OV_GRIDS', 'VLMConfig', 'causal_lm_loss', 'shuffle_tokens', 'pool_tokens', 'VLM', 'load_shared', 'param_groups',
-           'perturb_zero_init', 'n_params', 'params_over_baseline', 'added_params']
+__all__ = ['OV_GRIDS', 'VLMConfig', 'labelled_positions', 'causal_lm_loss', 'shuffle_tokens', 'pool_tokens', 'VLM', 'load_shared',
+           'param_groups', 'perturb_zero_init', 'n_params', 'params_over_baseline', 'added_params']
 
 # %% ../nbs/09_vlm.ipynb #269f3a5e
 OV_GRIDS = tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7))  # LLaVA-OneVision's crop grids
@@ -114,8 +114,15 @@ def vision_dim(self: VLMConfig) -> int:
     return self.vit.dim * (self.image_pool ** 2 if self.image_pool_mode == 'shuffle' else 1)
 
 # %% ../nbs/09_vlm.ipynb #f0c96bdb
+def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
+    "(B, T) mask of the positions whose next token is labelled: the only logits the loss reads."
+    return F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1))
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 'mean') -> torch.Tensor:
-    "Next-token cross-entropy over positions whose label is not IGNORE_INDEX (their mean, or with 'sum' their sum)."
+    """Next-token cross-entropy over positions whose label is not IGNORE_INDEX (their mean, or with 'sum' their sum),
+    from logits at every position (B, T, V) or only at `labelled_positions(labels)` (n, V), as `forward(..., labels)` gives."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits.float(), labels[:, 1:][labels[:, 1:] != IGNORE_INDEX], reduction=reduction)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX,
                            reduction=reduction)
 
@@ -191,20 +198,23 @@ def embed(self: VLM, input_ids: torch.Tensor, image_tokens) -> tuple[torch.Tenso
 # %% ../nbs/09_vlm.ipynb #1f199805
 @patch
 def forward(self: VLM, pixel_values, input_ids, attention_mask=None, image_sizes=None,
-            features: dict[int, torch.Tensor] | None = None, return_gates: bool = False):
-    """Logits (B, T, V); with `features`, from `vision_features`' output computed earlier (a frozen tower's feature
-    cache); with `return_gates`, (logits, the gates AGF used: one {'layer', 'alpha', 'g'} per injection layer)."""
+            features: dict[int, torch.Tensor] | None = None, return_gates: bool = False, labels=None):
+    """Logits (B, T, V), or with `labels` only where the next token is labelled (n, V), what `causal_lm_loss` reads;
+    with `features`, from `vision_features`' output computed earlier (a frozen tower's feature cache); with
+    `return_gates`, (logits, the gates AGF used: one {'layer', 'alpha', 'g'} per injection layer)."""
     encoded = self.project_features(features) if features is not None else self.encode_image(pixel_values, image_sizes)
     tokens, banks, bank_mask = encoded
     x, vis = self.embed(input_ids, tokens)
     state = self.injector.prepare(banks, bank_mask, vis)
-    logits = self.llm(inputs_embeds=x, attention_mask=attention_mask, inject=self.injector.hook(state))
+    logits = self.llm(inputs_embeds=x, attention_mask=attention_mask, inject=self.injector.hook(state),
+                      logits_at=None if labels is None else labelled_positions(labels))
     return (logits, state.gates if state else []) if return_gates else logits
 
 @patch
-def forward_features(self: VLM, feats: dict[int, torch.Tensor], input_ids, attention_mask=None, return_gates: bool = False):
+def forward_features(self: VLM, feats: dict[int, torch.Tensor], input_ids, attention_mask=None, return_gates: bool = False,
+                     labels=None):
     "`forward` from a feature cache (`15_experiment`, and the main job's instruct stage in `12_train`)."
-    return self.forward(None, input_ids, attention_mask, features=feats, return_gates=return_gates)
+    return self.forward(None, input_ids, attention_mask, features=feats, return_gates=return_gates, labels=labels)
 
 @patch
 @torch.no_grad()
