@@ -22,7 +22,7 @@ from .train import TrainConfig, batch_indices, build_tokenizer, lr_factor, pretr
 from .vit import VisionTransformer, resolve_indices
 from .plots import gate_heatmap, plot_arms, plot_layer_map, plot_probes, save_figure
 from .data import FAMILIES
-from .vlm import VLM, VLMConfig, causal_lm_loss, params_over_baseline
+from .vlm import VLM, VLMConfig, causal_lm_loss, labelled_positions, params_over_baseline
 
 # %% auto #0
 __all__ = ['GRID', 'ARMS', 'ARM_VARIANT', 'T95', 'ExperimentConfig', 'pixels', 'natural_tower', 'VectorQuantizer',
@@ -349,9 +349,11 @@ def trim_padding(ids: torch.Tensor, labels: torch.Tensor, pad_id: int) -> tuple[
     return ids[:, :T], labels[:, :T]
 
 def family_losses(logits: torch.Tensor, labels: torch.Tensor, families: list[str]) -> dict[str, tuple[float, int]]:
-    "Per question family in a batch: (sum of the samples' mean answer losses, number of samples)."
-    tok = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction='none')
-    row = tok.sum(1) / (labels[:, 1:] != IGNORE_INDEX).sum(1).clamp(min=1)           # (B,) each sample's mean loss
+    """Per question family in a batch: (sum of the samples' mean answer losses, number of samples), from the logits at
+    the labelled positions (n, V) that `forward(..., labels=labels)` gives."""
+    tok = F.cross_entropy(logits.float(), labels[:, 1:][labels[:, 1:] != IGNORE_INDEX], reduction='none')   # (n,)
+    rows = labelled_positions(labels).nonzero()[:, 0]                                # the sample of each labelled token
+    row = tok.new_zeros(len(labels)).index_add_(0, rows, tok) / (labels[:, 1:] != IGNORE_INDEX).sum(1).clamp(min=1)
     return {f: (row[[i for i, x in enumerate(families) if x == f]].sum().item(), families.count(f)) for f in set(families)}
 
 def train_run(cfg: ExperimentConfig, mcfg: VLMConfig, data: dict, caches: dict[str, np.ndarray], seed: int,
@@ -372,7 +374,7 @@ def train_run(cfg: ExperimentConfig, mcfg: VLMConfig, data: dict, caches: dict[s
         idx = torch.tensor(batch_indices(len(d['ids']), seen * cfg.batch_size, cfg.batch_size, seed))
         for g in opt.param_groups: g['lr'] = cfg.lr * lr_factor(step, steps, cfg.warmup_steps / steps)
         ids, labels = trim_padding(d['ids'][idx], d['labels'][idx], pad)
-        logits = model.forward_features(_features(model, cache, d['image'][idx]), ids, (ids != pad).long())
+        logits = model.forward_features(_features(model, cache, d['image'][idx]), ids, (ids != pad).long(), labels=labels)
         loss = causal_lm_loss(logits, labels)
         opt.zero_grad(); loss.backward(); nn.utils.clip_grad_norm_(params, 1.0); opt.step()
         with torch.no_grad():
@@ -399,9 +401,9 @@ def score_run(model: VLM, data: dict, cache: np.ndarray, split: str = 'test', ba
     for i in range(0, len(d['ids']), batch):
         ids, labels = d['ids'][i:i + batch], d['labels'][i:i + batch]
         logits, gates = model.eval().forward_features(_features(model, cache, d['image'][i:i + batch]), ids,
-                                                      (ids != data['tok'].pad_id).long(), return_gates=True)
-        gold = labels[:, 1:]
-        right += ((logits[:, :-1].argmax(-1) == gold) | (gold == IGNORE_INDEX)).all(1).tolist()
+                                                      (ids != data['tok'].pad_id).long(), return_gates=True, labels=labels)
+        wrong = (logits.argmax(-1) != labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]).float()   # per labelled token
+        right += (wrong.new_zeros(len(ids)).index_add_(0, labelled_positions(labels).nonzero()[:, 0], wrong) == 0).tolist()
         for f in heat if gates else ():
             pick = torch.tensor([x == f for x in d['family'][i:i + batch]])
             if pick.any():

@@ -110,7 +110,7 @@ def _grid(cli_gain):
 
 
 def test_hypotheses_follow_their_definitions():
-    cfg = ExperimentConfig()
+    cfg = ExperimentConfig(families=FAMS)
     pilot = dict(decision=DECISION, layer_map={'bottleneck': {'0': dict(texture=0.9), '5': dict(texture=0.33)}})
     runs = _grid(0.02)
     h = hypotheses(runs, cfg, pilot)
@@ -130,7 +130,7 @@ def test_hypotheses_follow_their_definitions():
 
 
 def test_hypotheses_wait_for_their_runs():
-    cfg, pilot = ExperimentConfig(), dict(decision=DECISION, layer_map={'bottleneck': {'0': dict(texture=0.9)}})
+    cfg, pilot = ExperimentConfig(families=FAMS), dict(decision=DECISION, layer_map={'bottleneck': {'0': dict(texture=0.9)}})
     runs = [r for r in _grid(0.0) if r['seed'] < 3]
     h = hypotheses(runs, cfg, pilot)
     assert h['P1']['held'] is None and h['P2']['held'] is None and h['P3']['held'] is None
