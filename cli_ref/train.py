@@ -338,7 +338,7 @@ def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, de
         with (nullcontext() if sync else net.no_sync()):
             with autocast(dtype, dev):
                 logits = net(b.get('pixel_values'), b['input_ids'], b['attention_mask'], image_sizes=b.get('image_sizes'),
-                             **({'features': b['features']} if 'features' in b else {}))
+                             labels=b['labels'], **({'features': b['features']} if 'features' in b else {}))  # answer rows only
             ls = causal_lm_loss(logits, b['labels'], reduction='sum')
             (ls / n_tok * world).backward()
         loss_sum += ls.detach()
