@@ -51,7 +51,7 @@ def train_step_fn(model, batch, dtype: str, device):
     px, ids, labels = batch
     def step():
         with autocast(dtype, device):
-            loss = causal_lm_loss(model(px, ids), labels)
+            loss = causal_lm_loss(model(px, ids, labels=labels), labels)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     return step
 
@@ -84,7 +84,7 @@ def train_memory(model, batch, dtype: str, device) -> dict:
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with autocast(dtype, device):
-            loss = causal_lm_loss(model(px, ids), labels)
+            loss = causal_lm_loss(model(px, ids, labels=labels), labels)
     del loss
     nbytes = lambda ps: sum(p.numel() * p.element_size() for p in ps)
     out = dict(weights=nbytes(model.parameters()), grads_and_adam=3 * nbytes(p for p in model.parameters() if p.requires_grad),

@@ -306,8 +306,10 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, resume: bool = False, dev
 
 # %% ../nbs/18_finetune.ipynb #bfa4d220
 def memory_plan(preset: str | VLMConfig, batch: int = 1, text_tokens: int = 128, train: str = 'cli', gpus: int = 1,
-                **overrides) -> dict:
-    "Estimated peak training memory per GPU (GB), with and without gradient checkpointing, of `finetune` at a real shape."
+                answer_tokens: int | None = None, **overrides) -> dict:
+    """Estimated peak training memory per GPU (GB), with and without gradient checkpointing, of `finetune` at a real
+    shape; the logits are those of the `answer_tokens` labelled positions (default: half the text, as `real_size_bench`
+    (17_bench) labels it), and `logits_gb_every_position` what projecting every position would add."""
     from cli_ref.llava import AnyResVLM
     from cli_ref.vlm import n_params, param_groups
     c = VLMConfig.preset(preset, variant='cli', **overrides) if isinstance(preset, str) else preset
@@ -327,11 +329,13 @@ def memory_plan(preset: str | VLMConfig, batch: int = 1, text_tokens: int = 128,
     act_ckpt = batch * (L * 2 * s * h + 34 * s * h)
     agf = batch * len(c.injection_layers) * 2 * len(c.bank_layers) * s * h * 4  # z per bank
     agf += batch * len(c.bank_layers) * bank_len * (h + 2 * c.attn_dim) * 2    # banks and their keys/values
-    logits = batch * s * c.llm.vocab_size * (2 + 4 + 4)
+    per_row = c.llm.vocab_size * (2 + 4 + 4)                                    # bf16 logits, fp32 copy, its gradient
+    logits = batch * (text_tokens // 2 if answer_tokens is None else answer_tokens) * per_row
     gb = lambda x: x / 2 ** 30
     return dict(preset=preset if isinstance(preset, str) else '', train=train, gpus=gpus, batch=batch, params=total,
                 trained_params=n_train, cli_params=cli_n, cli_frac=cli_n / total, seq=s, bank_tokens=bank_len,
-                peak_gb=gb(state + act_full + agf + logits), peak_gb_ckpt=gb(state + act_ckpt + agf + logits))
+                peak_gb=gb(state + act_full + agf + logits), peak_gb_ckpt=gb(state + act_ckpt + agf + logits),
+                logits_gb=gb(logits), logits_gb_every_position=gb(batch * s * per_row))
 
 # %% ../nbs/18_finetune.ipynb #606bc29e
 def load_finetuned(base: str, adapter: str | None = None, device: str | None = None) -> tuple[VLM, Tokenizer, FinetuneConfig]:
