@@ -16,7 +16,8 @@ from .data import DataError, check_images
 from .evaluate import ask, evaluate, format_results, load_run, majority_accuracy, run_report
 from .experiment import ExperimentConfig, experiment, load_runs, prepare, report, summary_table
 from .finetune import FinetuneConfig, finetune, load_finetuned, make_base_dataset
-from .train import DATASETS, Interrupted, TrainConfig, TrainingError, llava_split, load_data, make_dataset, train
+from .train import (DATASETS, Interrupted, TrainConfig, TrainingError, llava_split, load_data, make_dataset,
+                           plateau_lines, train)
 from .injectors import VARIANTS
 from .plots import save_figure
 from .vlm import VLMConfig
@@ -77,7 +78,9 @@ def train_cmd(args) -> None:
     print(f"trained in {t_train / 60:.1f} min, evaluated in {t_eval / 60:.1f} min")
     print(format_results(res))
     if 'majority' in res: print(f"  the most common training answer of each family scores {res['majority']:.1%} (no image needed)")
-    print(f"run folder {out}: checkpoints, eval.json (every answer), report.png (loss, accuracy per family, gates, yes/no confusion)")
+    for line in plateau_lines(out): print(f"  {line}")
+    print(f"run folder {out}: checkpoints, eval.json (every answer), report.png (loss per stage and family, accuracy per family, "
+          f"gates, yes/no confusion)")
 
 # %% ../nbs/14_commands.ipynb #bfea21ba
 def finetune_cmd(args) -> None:

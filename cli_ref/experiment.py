@@ -22,7 +22,7 @@ from .train import TrainConfig, batch_indices, build_tokenizer, lr_factor, pretr
 from .vit import VisionTransformer, resolve_indices
 from .plots import gate_heatmap, plot_arms, plot_layer_map, plot_probes, save_figure
 from .data import FAMILIES
-from .vlm import VLM, VLMConfig, causal_lm_loss, labelled_positions, params_over_baseline
+from .vlm import VLM, VLMConfig, causal_lm_loss, labelled_positions, params_over_baseline, sample_losses
 
 # %% auto #0
 __all__ = ['GRID', 'ARMS', 'ARM_VARIANT', 'T95', 'ExperimentConfig', 'pixels', 'natural_tower', 'VectorQuantizer',
@@ -351,9 +351,7 @@ def trim_padding(ids: torch.Tensor, labels: torch.Tensor, pad_id: int) -> tuple[
 def family_losses(logits: torch.Tensor, labels: torch.Tensor, families: list[str]) -> dict[str, tuple[float, int]]:
     """Per question family in a batch: (sum of the samples' mean answer losses, number of samples), from the logits at
     the labelled positions (n, V) that `forward(..., labels=labels)` gives."""
-    tok = F.cross_entropy(logits.float(), labels[:, 1:][labels[:, 1:] != IGNORE_INDEX], reduction='none')   # (n,)
-    rows = labelled_positions(labels).nonzero()[:, 0]                                # the sample of each labelled token
-    row = tok.new_zeros(len(labels)).index_add_(0, rows, tok) / (labels[:, 1:] != IGNORE_INDEX).sum(1).clamp(min=1)
+    row = sample_losses(logits, labels)
     return {f: (row[[i for i, x in enumerate(families) if x == f]].sum().item(), families.count(f)) for f in set(families)}
 
 def train_run(cfg: ExperimentConfig, mcfg: VLMConfig, data: dict, caches: dict[str, np.ndarray], seed: int,

@@ -290,13 +290,14 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, resume: bool = False, dev
     trainable = [p for g in opt.param_groups for p in g['params']]
     if rank == 0: _write_header(cfg, out_dir, model, opt, ds, steps, step, f'device {dev}, {world} process(es)')
     bar = tqdm(total=steps, initial=step, disable=not progress or rank != 0, dynamic_ncols=True, mininterval=2, desc=f'train {cfg.train}')
-    log = Progress(out_dir, bar, cfg.log_every, steps, world, time.perf_counter())
+    log = Progress(out_dir, bar, cfg.log_every, steps, world, time.perf_counter(), [r.family for r in ds.records])
     while step < steps:
         idx = batch_indices(len(ds), seen, cfg.batch_size, cfg.seed)[rank::world]
         micro = [collate([ds[i] for i in idx[k::cfg.grad_accum]], tok.pad_id) for k in range(cfg.grad_accum)]
-        loss, n, gnorm = optimizer_step(net, opt, micro, trainable, lr_factor(step, steps, cfg.warmup), cfg, world, dev, step, out_dir)
+        loss, n, gnorm, per_sample = optimizer_step(net, opt, micro, trainable, lr_factor(step, steps, cfg.warmup), cfg, world, dev,
+                                                    step, out_dir)
         step += 1; seen += cfg.batch_size
-        if rank == 0: log.step(step, cfg.train, loss, opt.param_groups[0]['lr'], gnorm, n)
+        if rank == 0: log.step(step, cfg.train, loss, opt.param_groups[0]['lr'], gnorm, n, per_sample)
         if step % cfg.ckpt_every == 0 or step == steps:
             save_trained(out_dir, step, model, opt, dict(step=step, seen=seen, config=cfg.to_dict()), cfg.keep_last)
             if world > 1: dist.barrier()

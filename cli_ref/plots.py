@@ -107,12 +107,16 @@ def _confusion(ax, conf: dict) -> None:
 
 # %% ../nbs/11_plots.ipynb #94b9f129
 def report_figure(log: list[dict], res: dict, cfg, question: str, asked: dict):
-    """Loss of each stage (`log`), accuracy per family and yes/no confusion (`res`, `evaluate`'s results), and the gates
+    """Loss of each stage and of each question family (`log`), accuracy per family and yes/no confusion (`res`, `evaluate`'s results), and the gates
     (`asked`, `ask`'s output) while answering `question`; `cfg` is the model's `VLMConfig`."""
     fig, axs = plt.subplots(1, 4, figsize=(15, 3), dpi=80)
     for stage in dict.fromkeys(r['stage'] for r in log):
         rs = [r for r in log if r['stage'] == stage]
         axs[0].plot([r['step'] for r in rs], [r['loss'] for r in rs], label=f'stage {stage}')
+    fam = [r for r in log if r.get('family_loss')]                      # each family's answer loss, thin
+    for f in sorted({f for r in fam for f in r['family_loss']}):
+        rs = [r for r in fam if f in r['family_loss']]
+        axs[0].plot([r['step'] for r in rs], [max(r['family_loss'][f], 1e-4) for r in rs], lw=0.7, alpha=0.8, label=f)
     axs[0].set_yscale('log'); axs[0].set_xlabel('step'); axs[0].set_title('loss', fontsize=9); axs[0].legend(fontsize=7)
     fams = res['families']
     axs[1].barh(list(fams), [v['accuracy'] * 100 for v in fams.values()], color='tab:green')

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -25,15 +26,15 @@ from .data import (DataError, VQADataset, VQARecord, check_images, collate, easy
                           load_easy_vqa, load_llava_json, load_shapes)
 from .plots import loss_figure, save_figure
 from .tokenizer import IGNORE_INDEX, TEMPLATES, Tokenizer, train_bpe
-from .vlm import VLM, VLMConfig, causal_lm_loss, param_groups
+from .vlm import VLM, VLMConfig, causal_lm_loss, param_groups, sample_losses
 
 # %% auto #0
 __all__ = ['DATASETS', 'RESTATE', 'TrainConfig', 'lr_factor', 'batch_indices', 'question_pattern', 'balance_repeats',
            'restate_records', 'load_data', 'llava_split', 'build_tokenizer', 'make_dataset', 'model_config',
            'TrainingError', 'Interrupted', 'StopRequests', 'rank_and_world', 'set_trainable', 'stage_at',
            'pretrain_vit', 'check_run_dir', 'readable_records', 'FeatureCache', 'batch_to', 'backward_batch',
-           'optimizer_step', 'start_run', 'Run', 'prepare_run', 'vit_stage', 'cache_features', 'Progress', 'lm_stage',
-           'train']
+           'optimizer_step', 'start_run', 'Run', 'prepare_run', 'vit_stage', 'cache_features', 'family_priors',
+           'plateau_lines', 'Progress', 'lm_stage', 'train']
 
 # %% ../nbs/12_train.ipynb #88a6839d
 DATASETS = ('easy-vqa', 'shapes')
@@ -73,6 +74,7 @@ class TrainConfig(ConfigMixin):
     max_len: int = 256
     seed: int = 0
     log_every: int = 10
+    plateau_check: float = 0.5       # after this share of an LLM stage, a family still at its prior's loss is named
     ckpt_every: int = 200
     keep_last: int = 2
 
@@ -324,14 +326,14 @@ def batch_to(b: dict, dev) -> dict:
     return {k: {i: f.to(dev) for i, f in v.items()} if isinstance(v, dict) else v.to(dev) for k, v in b.items()}
 
 # %% ../nbs/12_train.ipynb #76268218
-def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, dev) -> tuple[float, int]:
+def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, dev) -> tuple[float, int, dict[int, float]]:
     """Forward and backward over this process's micro-batches of one global batch. The loss is the sum over the
     answer tokens of all processes divided by their number, so that any split over processes and accumulation steps
     gives the same gradient (DDP and FSDP average over processes: multiplying by `world` undoes that).
-    Returns (that loss, the tokens this process read)."""
+    Returns (that loss, the tokens this process read, each of its samples' mean answer loss by dataset index)."""
     n_tok = torch.tensor(float(sum((b['labels'][:, 1:] != IGNORE_INDEX).sum() for b in micro)), device=dev)
     if world > 1: dist.all_reduce(n_tok)
-    loss_sum, tokens = torch.zeros((), device=dev), 0
+    loss_sum, tokens, per_sample = torch.zeros((), device=dev), 0, {}
     for k, b in enumerate(micro):
         b = batch_to(b, dev)
         sync = k == len(micro) - 1 or not hasattr(net, 'no_sync')  # DDP: all-reduce once, after the last micro-batch
@@ -343,21 +345,23 @@ def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, de
             (ls / n_tok * world).backward()
         loss_sum += ls.detach()
         tokens += int(b['attention_mask'].sum())
+        per_sample.update(zip(b['index'].tolist(), sample_losses(logits.detach(), b['labels']).tolist()))
     if world > 1: dist.all_reduce(loss_sum)
-    return (loss_sum / n_tok).item(), tokens
+    return (loss_sum / n_tok).item(), tokens, per_sample
 
 def optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, micro: list[dict], trainable: list, lr_scale: float, cfg,
-                   world: int, dev, step: int, out_dir: Path) -> tuple[float, int, float]:
+                   world: int, dev, step: int, out_dir: Path) -> tuple[float, int, float, dict[int, float]]:
     """One step on a global batch: the schedule's learning rates, `backward_batch`, a stop that names the last good
-    checkpoint if the loss is not finite, gradient clipping, AdamW. (loss, tokens read here, gradient norm)."""
+    checkpoint if the loss is not finite, gradient clipping, AdamW. (loss, tokens read here, gradient norm, the
+    per-sample losses of `backward_batch`)."""
     for g in opt.param_groups: g['lr'] = g['base_lr'] * lr_scale
-    loss, n = backward_batch(net, micro, world, cfg.dtype, dev)
+    loss, n, per_sample = backward_batch(net, micro, world, cfg.dtype, dev)
     if not math.isfinite(loss):
         raise TrainingError(f"loss is {loss} at step {step + 1}: training stopped; the last good checkpoint is "
                             f"{latest_checkpoint(out_dir) or 'none (no checkpoint written yet)'}; lower the learning rate or check the data")
     gnorm = nn.utils.clip_grad_norm_(trainable, cfg.clip)
     opt.step(); opt.zero_grad(set_to_none=True)
-    return loss, n, float(gnorm)
+    return loss, n, float(gnorm), per_sample
 
 # %% ../nbs/12_train.ipynb #7ebb3383
 def start_run(cfg, out_dir: str | Path, resume: bool, device: str | None):
@@ -451,23 +455,50 @@ def cache_features(run: Run, bar) -> FeatureCache:
                                 f"({cache.nbytes / 2 ** 20:.0f} MiB): the instruct stage reads them instead of running the tower")
     return cache
 
+# %% ../nbs/12_train.ipynb #a154a187
+def family_priors(ds: VQADataset) -> dict[str, float]:
+    "Per question family: the mean answer-token loss of answering from the family's answer distribution alone."
+    answers, n_tok = defaultdict(list), defaultdict(list)
+    for r, (_, labels) in zip(ds.records, ds.encoded):
+        answers[r.family] += [a for _, a in r.turns]
+        n_tok[r.family].append(sum(l != IGNORE_INDEX for l in labels) / len(r.turns))
+    entropy = lambda c: -sum(k / sum(c.values()) * math.log(k / sum(c.values())) for k in c.values())
+    return {f: entropy(Counter(a)) / float(np.mean(n_tok[f])) for f, a in sorted(answers.items())}
+
+def plateau_lines(run_dir: str | Path, since: int = 0, within: float = 0.1) -> list[str]:
+    """One line per family whose mean answer loss, over the log records after step `since` (default: the last
+    record), is still within `within` of its prior's loss (`family_priors.json` in the run folder)."""
+    priors_file, log_file = Path(run_dir) / 'family_priors.json', Path(run_dir) / 'log.jsonl'
+    log = [r for r in read_log(run_dir) if 'family_loss' in r] if log_file.exists() else []
+    if not priors_file.exists() or not log: return []
+    priors, recs = json.loads(priors_file.read_text()), [r for r in log if r['step'] > since] or log[-1:]
+    seen = {f: float(np.mean([r['family_loss'][f] for r in recs if f in r['family_loss']]))
+            for f in priors if any(f in r['family_loss'] for r in recs)}
+    return [f"family {f} has not left its plateau: answers come from the question alone (answer loss {l:.3f}, "
+            f"its prior's {priors[f]:.3f})" for f, l in seen.items() if priors[f] > 0 and l >= (1 - within) * priors[f]]
+
 # %% ../nbs/12_train.ipynb #125d1911
 class Progress:
-    "The first process's progress bar and log: a record every `log_every` steps (loss, learning rate, gradient norm, tokens/s)."
-    def __init__(self, out_dir: Path, bar, log_every: int, total: int, world: int, t_start: float):
+    """The first process's progress bar and log: a record every `log_every` steps (loss, learning rate, gradient norm,
+    tokens/s, and each question family's mean answer loss over those steps, from `families`: dataset index -> family)."""
+    def __init__(self, out_dir: Path, bar, log_every: int, total: int, world: int, t_start: float, families: list[str]):
         self.out_dir, self.bar, self.log_every, self.total, self.world, self.t_start = out_dir, bar, log_every, total, world, t_start
+        self.families, self.window = families, {}
         self.t_last, self.tokens = time.perf_counter(), 0
 
-    def step(self, step: int, stage: str, loss: float, lr: float, grad_norm: float, tokens: int) -> None:
-        "After global step `step`, which read `tokens` tokens in this process."
+    def step(self, step: int, stage: str, loss: float, lr: float, grad_norm: float, tokens: int,
+             per_sample: dict[int, float]) -> None:
+        "After global step `step`, which read `tokens` tokens in this process, with its samples' losses `per_sample`."
         self.tokens += tokens
+        for i, l in per_sample.items(): self.window.setdefault(self.families[i], []).append(l)
         self.bar.update(1)
         if step % self.log_every and step != self.total: return
         tps = self.tokens * self.world / (time.perf_counter() - self.t_last)
         self.bar.set_postfix(loss=f'{loss:.3f}', tok_s=f'{tps:,.0f}')
         append_log(self.out_dir, dict(step=step, stage=stage, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps,
-                                      time=round(time.perf_counter() - self.t_start, 1)))
-        self.t_last, self.tokens = time.perf_counter(), 0
+                                      time=round(time.perf_counter() - self.t_start, 1),
+                                      family_loss={f: float(np.mean(v)) for f, v in sorted(self.window.items())}))
+        self.t_last, self.tokens, self.window = time.perf_counter(), 0, {}
 
 # %% ../nbs/12_train.ipynb #d59d5792
 def lm_stage(run: Run, stage: dict, s_step: int, cache: FeatureCache | None, bar) -> None:
@@ -477,15 +508,23 @@ def lm_stage(run: Run, stage: dict, s_step: int, cache: FeatureCache | None, bar
     if run.ckpt and s_step > 0: load_optimizer(opt, run.ckpt, json.loads((run.ckpt / 'state.json').read_text()))
     net = nn.parallel.DistributedDataParallel(run.model) if run.world > 1 else run.model
     trainable = [p for g in opt.param_groups for p in g['params']]
-    progress = Progress(run.out_dir, bar, cfg.log_every, cfg.total_steps, run.world, run.t_start)
+    families = [r.family for r in ds.records]
+    progress = Progress(run.out_dir, bar, cfg.log_every, cfg.total_steps, run.world, run.t_start, families)
+    check_at = max(1, int(stage['steps'] * cfg.plateau_check))   # the stage's step after which a stalled family is named
+    if run.rank == 0:
+        tmp = run.out_dir / 'family_priors.json.tmp'; tmp.write_text(json.dumps(family_priors(ds), indent=1))
+        os.replace(tmp, run.out_dir / 'family_priors.json')
     for s_step in range(s_step, stage['steps']):
         idx = [run.pool[i] for i in batch_indices(len(run.pool), run.seen, cfg.batch_size, cfg.seed)[run.rank::run.world]]
         micro = [cache.batch(ds, idx[k::cfg.grad_accum], pad) if cache else collate([ds[i] for i in idx[k::cfg.grad_accum]], pad)
                  for k in range(cfg.grad_accum)]
-        loss, n, gnorm = optimizer_step(net, opt, micro, trainable, lr_factor(s_step, stage['steps'], cfg.warmup), cfg,
-                                        run.world, run.dev, run.step, run.out_dir)
+        loss, n, gnorm, per_sample = optimizer_step(net, opt, micro, trainable, lr_factor(s_step, stage['steps'], cfg.warmup),
+                                                    cfg, run.world, run.dev, run.step, run.out_dir)
         run.step += 1; run.seen += cfg.batch_size
-        if run.rank == 0: progress.step(run.step, stage['name'], loss, opt.param_groups[0]['lr'], gnorm, n)
+        if run.rank == 0:
+            progress.step(run.step, stage['name'], loss, opt.param_groups[0]['lr'], gnorm, n, per_sample)
+            if s_step + 1 == check_at:
+                for line in plateau_lines(run.out_dir, since=run.step - cfg.log_every): bar.write(f'  step {run.step}: {line}')
         stop = run.stops.signal
         if run.step % cfg.ckpt_every == 0 or s_step == stage['steps'] - 1 or stop:
             if run.rank == 0: save_checkpoint(run.out_dir, run.step, run.model, opt,

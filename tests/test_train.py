@@ -244,3 +244,18 @@ def test_one_bar_a_stage_and_resume_names_what_differs(tmp_path):
     assert r.stdout.strip().splitlines()[-1].startswith(f"run folder {tmp_path / 'r'}")     # where it wrote
     r = subprocess.run(args + ['--resume', '--lr', '2e-3', '--quiet'], env=ENV, capture_output=True, text=True)
     assert r.returncode == 2 and 'lr: 0.001 in the run, 0.002 now' in r.stderr.strip().splitlines()[-1], r.stderr[-500:]
+
+
+def test_a_stalled_family_is_named_during_training_and_in_the_report(tmp_path):
+    "A run that cannot learn (learning rates 0) keeps every family at or above its prior's loss: each is named, once at"
+    "half the stage and once in the final report, and the run folder keeps the priors and each family's loss curve."
+    r = run(['--steps', '20', '--lr', '0', '--new-lr', '0', '--output', str(tmp_path / 'run')])
+    assert r.returncode == 0, r.stderr
+    named = [l for l in r.stdout.splitlines() if 'has not left its plateau' in l]
+    during, report = [l for l in named if 'step 10:' in l], [l for l in named if 'step 10:' not in l]
+    families = {'color', 'shape', 'yes/no', 'restate'}               # 'restate': the restated yes/no questions
+    assert {l.split('family ')[1].split()[0] for l in during} == families, r.stdout
+    assert len(report) == 4 and all(l.startswith('  family ') for l in report), r.stdout
+    log = [json.loads(l) for l in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()]
+    assert set(log[-1]['family_loss']) == families
+    assert json.loads((tmp_path / 'run' / 'family_priors.json').read_text())['yes/no'] > 0
