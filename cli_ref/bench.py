@@ -169,23 +169,41 @@ def _bench_inference(res: dict, preset: str, models: dict, b, dt: str, dev, r: i
                                                       speedup=without / with_c)
     if dev.type == 'cuda': res['overhead'][preset]['peak_memory_gb'] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
 
+# %% ../nbs/17_bench.ipynb #7e55cd62
+def _bench_compiled(res: dict, preset: str, models: dict, b, dtypes, dev, r: int) -> None:
+    "Eager against compiled: the step, the compilation (first call), the speed-up, MFU and the loss difference."
+    px, ids, labels = b
+    for dt in dtypes:
+        for v, m in models.items():
+            compiled = torch.compile(m)
+            with torch.no_grad(), autocast(dt, dev):
+                eager_loss = causal_lm_loss(m(px, ids, labels=labels), labels).item()
+                t0 = time.perf_counter(); same = causal_lm_loss(compiled(px, ids, labels=labels), labels).item()
+            step = train_step_fn(compiled, b, dt, dev)
+            t1 = time.perf_counter(); step(); first = time.perf_counter() - t1    # the training graph compiles here
+            s, eager = timeit(step, repeats=r, device=dev), res['train'][f'{preset}/{v}/{dt}']
+            res['compiled'][f'{preset}/{v}/{dt}'] = dict(step_s=s, compile_s=first - s + (t1 - t0), speedup=eager['step_s'] / s,
+                                                          mfu=eager['flops'] / s / res['peak_flops'][dt],
+                                                          loss_diff=abs(same - eager_loss))
+
 # %% ../nbs/17_bench.ipynb #03fe4122
 def run_bench(presets=('tiny', 'small'), dtypes=('fp32', 'bf16'), batch: int = 32, text: int = 16, device: str | None = None,
-              repeats: int = 5, quick: bool = False, scale_presets=('llava15_7b', 'ov_0_5b', 'ov_7b')) -> dict:
-    "All measurements; `quick` shrinks everything (for tests of the code, not for numbers)."
+              repeats: int = 5, quick: bool = False, scale_presets=('llava15_7b', 'ov_0_5b', 'ov_7b'), compile: bool = False) -> dict:
+    "All measurements (with `compile`, the compiled step too); `quick` shrinks everything (for tests of the code, not for numbers)."
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     r = repeats if not quick else 1
     res = dict(machine=dict(device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else platform.processor() or platform.machine(),
                             cpus=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__),
                date=datetime.date.today().isoformat(), commit=_commit(), batch=batch, text_tokens=text,
                peak_flops={dt: matmul_peak(dev, torch.float32 if dt == 'fp32' else torch.bfloat16) for dt in dtypes}, train={}, hf={},
-               overhead={}, generate={}, attention={}, memory={}, scale={})
+               overhead={}, generate={}, attention={}, memory={}, scale={}, compiled={})
     for preset in presets:
         # every patch an image token (image_pool=1): transformers' LLaVA, compared against, has no pooling
         torch.manual_seed(0)
         models = {v: VLM(VLMConfig.preset(preset, variant=v, image_pool=1)).to(dev) for v in ('baseline', 'cli')}
         b = _batch(models['baseline'].cfg, batch if not quick else 2, text, dev)
         _bench_training(res, preset, models, b, dtypes, dev, r)
+        if compile: _bench_compiled(res, preset, models, b, dtypes, dev, r)
         _bench_attention(res, preset, models, b, dtypes[0], dev, r)
         _bench_inference(res, preset, models, b, dtypes[0], dev, r, new=64 if not quick else 4)
     for preset in scale_presets:  # CLI's FLOP overhead at the real sizes, where no CPU could time a step
@@ -205,6 +223,11 @@ def format_bench(res: dict) -> str:
            f"batch {res['batch']}, {res['text_tokens']} text tokens after the image tokens.", '',
            '| preset / variant / dtype | step (s) | samples/s | tokens/s | MFU |', '|---|---|---|---|---|']
     out += [f"| {k} | {v['step_s']:.3f} | {v['samples_per_s']:.0f} | {v['tokens_per_s']:,.0f} | {v['mfu']:.1%} |" for k, v in res['train'].items()]
+    if res.get('compiled'):
+        out += ['', '| compiled (torch.compile) | step (s) | compilation (s) | speed-up over eager | MFU | loss, compiled - eager |',
+                '|---|---|---|---|---|---|']
+        out += [f"| {k} | {v['step_s']:.3f} | {v['compile_s']:.0f} | {v['speedup']:.2f}x | {v['mfu']:.1%} | {v['loss_diff']:.1e} |"
+                for k, v in res['compiled'].items()]
     out += ['', '| ours vs transformers LLaVA (same size) | ours (s) | theirs (s) | ours / theirs |', '|---|---|---|---|']
     out += [f"| {k} | {v['ours_step_s']:.3f} | {v['hf_step_s']:.3f} | {v['ours_over_hf']:.2f} |" for k, v in res['hf'].items()]
     out += ['', '| CLI overhead | params | train FLOPs | train step | prefill | decode/token, visual K/V cached | recomputed |',

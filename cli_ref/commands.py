@@ -63,7 +63,7 @@ def train_cmd(args) -> None:
     cfg = TrainConfig(model=VLMConfig.preset(args.preset, variant=args.variant), instruct_steps=o['steps'],
                       vit_steps=vit_steps, vision_lr=o['vision_lr'], align_steps=args.align_steps, batch_size=o['batch_size'], turns=args.turns,
                       balance=args.balance, restate=args.restate, lr=o['lr'], new_lr=o['new_lr'], vit_lr=o['vit_lr'], warmup=o['warmup'],
-                      seed=args.seed, dtype=args.dtype, ckpt_every=o['ckpt_every'], **_dataset_fields(args))
+                      seed=args.seed, dtype=args.dtype, ckpt_every=o['ckpt_every'], compile=args.compile, **_dataset_fields(args))
     out = Path(args.output or f"runs/{cfg.dataset}-{args.variant}-{args.preset}-seed{args.seed}")
     t0 = time.perf_counter()
     model, tok = train(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet)
@@ -91,7 +91,7 @@ def finetune_cmd(args) -> None:
                projector_lr=d.projector_lr, llm_lr=d.llm_lr, max_len=d.max_len, warmup=d.warmup)
     cfg = FinetuneConfig(base=args.base, data=args.data, test_data=args.test_data or '', image_folder=args.image_folder or '',
                          bad_images=args.bad_images, train=args.train, grad_accum=args.grad_accum, seed=args.seed, dtype=args.dtype,
-                         gradient_checkpointing=args.gradient_checkpointing, **o)
+                         gradient_checkpointing=args.gradient_checkpointing, compile=args.compile, **o)
     out = Path(args.output or f"runs/{Path(args.base.rstrip('/')).name}-{args.train.replace('+', '-')}-seed{args.seed}")
     t0 = time.perf_counter()
     model, tok = finetune(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet)
@@ -201,7 +201,8 @@ def bench_cmd(args) -> None:
         (out / 'image_check.json').write_text(json.dumps(dict(machine=f"{platform.machine()}, {os.cpu_count()} CPUs", rows=rows), indent=1))
         for r in rows: print(f"{r['image']:<14} workers {r['workers']}: {r['images_per_s']:,.0f} images/s")
         return
-    res = run_bench(presets=tuple(args.presets), dtypes=tuple(args.dtypes), batch=args.batch_size, device=args.device)
+    res = run_bench(presets=tuple(args.presets), dtypes=tuple(args.dtypes), batch=args.batch_size, device=args.device,
+                    compile=args.compile)
     out = Path(args.results); out.mkdir(parents=True, exist_ok=True)
     (out / 'bench.json').write_text(json.dumps(res, indent=1))
     print(format_bench(res))
@@ -279,6 +280,8 @@ def _train_parser(sub, common) -> None:
     t.add_argument('--output', metavar='DIR', help='run folder (default runs/<dataset>-<variant>-<preset>-seed<S>)')
     t.add_argument('--resume', action='store_true', help='continue the run in --output from its last checkpoint')
     t.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
+    t.add_argument('--compile', action='store_true', help='torch.compile the model that trains (off by default; '
+                   '`cli_ref bench --compile` measures what it costs and gains)')
     t.add_argument('--device', help='cpu, cuda, cuda:1, ... (default: cuda if available)')
     t.add_argument('--eval-limit', type=int, default=0, help='evaluate on the first N test questions only (default all)')
     t.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -335,6 +338,8 @@ def _bench_parser(sub, common) -> None:
     b.add_argument('--batch-size', type=int, default=32, help='training batch (default 32)')
     b.add_argument('--device', help='cpu, cuda, ... (default: cuda if available)')
     b.add_argument('--results', default='data/results', help='output folder (default %(default)s)')
+    b.add_argument('--compile', action='store_true', help='also time each training step compiled with torch.compile (the '
+                   'compilation, the speed-up over eager, the loss against eager)')
     b.add_argument('--images', action='store_true', help="only how fast a data set's images are checked (image_check.json)")
     b.add_argument('--real-size', action='store_true', help='one --train cli and one --train cli+llm step at LLaVA-1.5-7B, OneVision '
                    '0.5B and 7B, random weights (a GPU; batch 1 unless --batch-size): memory against memory_plan, speed, CLI / '

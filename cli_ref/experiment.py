@@ -66,6 +66,7 @@ class ExperimentConfig(ConfigMixin):
     curriculum_images: int = 5000  # one-object training scenes for them
     batch_size: int = 128
     lr: float = 1e-3
+    compile: bool = False          # torch.compile each run's forward
     weight_decay: float = 0.01
     warmup_steps: int = 100
     families: tuple = ('count', 'largest_shape', 'largest_color', 'leftmost_color', 'texture', 'shape')  # asked of every image (05_data)
@@ -366,13 +367,14 @@ def train_run(cfg: ExperimentConfig, mcfg: VLMConfig, data: dict, caches: dict[s
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     curves, window, pad = dict(loss=[], family_loss=[], val=[]), {}, data['tok'].pad_id
+    forward = torch.compile(model.forward_features) if cfg.compile else model.forward_features
     for step in range(steps):
         split = 'curriculum' if step < cfg.curriculum_steps else 'train'
         d, cache, seen = data[split], caches[split], step - (0 if split == 'curriculum' else cfg.curriculum_steps)
         idx = torch.tensor(batch_indices(len(d['ids']), seen * cfg.batch_size, cfg.batch_size, seed))
         for g in opt.param_groups: g['lr'] = cfg.lr * lr_factor(step, steps, cfg.warmup_steps / steps)
         ids, labels = trim_padding(d['ids'][idx], d['labels'][idx], pad)
-        logits = model.forward_features(_features(model, cache, d['image'][idx]), ids, (ids != pad).long(), labels=labels)
+        logits = forward(_features(model, cache, d['image'][idx]), ids, (ids != pad).long(), labels=labels)
         loss = causal_lm_loss(logits, labels)
         opt.zero_grad(); loss.backward(); nn.utils.clip_grad_norm_(params, 1.0); opt.step()
         with torch.no_grad():

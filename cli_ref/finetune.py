@@ -155,6 +155,7 @@ class FinetuneConfig(ConfigMixin):
     max_len: int = 2048
     dtype: str = 'auto'              # 'auto': bf16 on CUDA (frozen weights stored in bf16), fp32 on the CPU
     gradient_checkpointing: bool | None = None  # None: on CUDA
+    compile: bool = False            # torch.compile the network that trains
     bad_images: str = 'error'
     seed: int = 0
     log_every: int = 10
@@ -257,6 +258,7 @@ def _prepare(model: VLM, cfg: FinetuneConfig, dev: torch.device, world: int):
     gc = cfg.gradient_checkpointing
     model.llm.gradient_checkpointing = dev.type == 'cuda' if gc is None else gc
     net = distribute(model, cfg, dev, world)
+    net = torch.compile(net) if cfg.compile else net
     opt = torch.optim.AdamW(set_trainable(model, lrs), weight_decay=cfg.weight_decay, fused=True)  # groups after any sharding
     return net, opt
 

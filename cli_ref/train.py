@@ -75,6 +75,7 @@ class TrainConfig(ConfigMixin):
     seed: int = 0
     log_every: int = 10
     plateau_check: float = 0.5       # after this share of an LLM stage, a family still at its prior's loss is named
+    compile: bool = False            # torch.compile the model in the LLM stages (`cli_ref bench --compile` measures it)
     ckpt_every: int = 200
     keep_last: int = 2
 
@@ -507,6 +508,7 @@ def lm_stage(run: Run, stage: dict, s_step: int, cache: FeatureCache | None, bar
     opt = torch.optim.AdamW(set_trainable(run.model, stage['lrs']), weight_decay=cfg.weight_decay, fused=True)
     if run.ckpt and s_step > 0: load_optimizer(opt, run.ckpt, json.loads((run.ckpt / 'state.json').read_text()))
     net = nn.parallel.DistributedDataParallel(run.model) if run.world > 1 else run.model
+    net = torch.compile(net) if cfg.compile else net
     trainable = [p for g in opt.param_groups for p in g['params']]
     families = [r.family for r in ds.records]
     progress = Progress(run.out_dir, bar, cfg.log_every, cfg.total_steps, run.world, run.t_start, families)
