@@ -299,7 +299,7 @@ def real_size_bench(presets=REAL_SIZES, batch: int = 1, text: int = 128, device:
         cfg = real_size_config(preset, *((1, 1024) if quick else ()))
         px, ids, labels = _batch(cfg, batch, text, dev)
         labels[:, :-text // 2] = -100                    # the answer: the last half of the text
-        b = dict(pixel_values=px, input_ids=ids, labels=labels, attention_mask=torch.ones_like(ids))
+        b = dict(pixel_values=px, input_ids=ids, labels=labels, attention_mask=torch.ones_like(ids), index=torch.arange(batch))  # as `collate` makes it
         for train in ('cli', 'cli+llm'):
             fc = FinetuneConfig(train=train, dtype=dtype)
             row = dict(preset=preset, train=train, seq=ids.shape[1])

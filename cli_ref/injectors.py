@@ -150,8 +150,8 @@ class AGFInjector(Injector):
 
     def fusion_parameters(self) -> list[nn.Parameter]:
         """Layer by layer: each AGF's gate parameters, the keys/values it reads (a shared set once, with the first layer),
-        then its projections and norms: the order of the layout before this one. The gradient clip sums the parameters'
-        norms in this order, so the main job computes, bit for bit, what it computed before (`17_bench`)."""
+        then its projections and norms. This order fixes the order in which the gradient clip sums the parameters'
+        norms, which `cli_ref bench --loss-check` (17_bench) holds bit-identical."""
         out, seen = [], set()
         for j, agf in self.agf.items():
             for p in [*agf.parameters(recurse=False), *self.bank_kv(j).parameters(), *(p for m in agf.children() for p in m.parameters())]:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .checkpoints import (append_log, latest_checkpoint, load_model_weights, load_optimizer, read_log, save_checkpoint,
                                  truncate_log)
 from .core import ConfigMixin, autocast, default_device, load_state_checked, set_seed
-from .data import (DataError, VQADataset, VQARecord, check_images, collate, easy_vqa_image_labels, group_turns, image_transform,
+from .data import (IMAGE_TOKEN, DataError, VQADataset, VQARecord, check_images, collate, easy_vqa_image_labels, group_turns, image_transform,
                           load_easy_vqa, load_llava_json, load_shapes)
 from .plots import loss_figure, save_figure
 from .tokenizer import IGNORE_INDEX, TEMPLATES, Tokenizer, train_bpe
@@ -457,26 +457,30 @@ def cache_features(run: Run, bar) -> FeatureCache:
     return cache
 
 # %% ../nbs/12_train.ipynb #a154a187
-def family_priors(ds: VQADataset) -> dict[str, float]:
-    "Per question family: the mean answer-token loss of answering from the family's answer distribution alone."
-    answers, n_tok = defaultdict(list), defaultdict(list)
-    for r, (_, labels) in zip(ds.records, ds.encoded):
-        answers[r.family] += [a for _, a in r.turns]
-        n_tok[r.family].append(sum(l != IGNORE_INDEX for l in labels) / len(r.turns))
-    entropy = lambda c: -sum(k / sum(c.values()) * math.log(k / sum(c.values())) for k in c.values())
-    return {f: entropy(Counter(a)) / float(np.mean(n_tok[f])) for f, a in sorted(answers.items())}
+def family_priors(ds: VQADataset, min_count: int = 5) -> dict[str, float]:
+    """Per question family: the mean answer-token loss of answering from the question alone, -ln p(answer | question)
+    over the answer's labelled tokens, with p(answer | family) for questions asked fewer than `min_count` times."""
+    turns = [(r.family, q.replace(IMAGE_TOKEN, '').strip(), a, sum(l != IGNORE_INDEX for l in labels) / len(r.turns))
+             for r, (_, labels) in zip(ds.records, ds.encoded) for q, a in r.turns]
+    by_q, by_f = Counter((q, a) for _, q, a, _ in turns), Counter((f, a) for f, _, a, _ in turns)
+    n_q, n_f = Counter(q for _, q, _, _ in turns), Counter(f for f, _, _, _ in turns)
+    loss = defaultdict(list)
+    for f, q, a, n in turns:
+        p = by_q[q, a] / n_q[q] if n_q[q] >= min_count else by_f[f, a] / n_f[f]
+        loss[f].append(-math.log(p) / n)
+    return {f: float(np.mean(v)) for f, v in sorted(loss.items())}
 
-def plateau_lines(run_dir: str | Path, since: int = 0, within: float = 0.1) -> list[str]:
+def plateau_lines(run_dir: str | Path, since: int = 0, below: float = 0.1) -> list[str]:
     """One line per family whose mean answer loss, over the log records after step `since` (default: the last
-    record), is still within `within` of its prior's loss (`family_priors.json` in the run folder)."""
+    record), is not at least `below` under its no-image level (`family_priors.json` in the run folder)."""
     priors_file, log_file = Path(run_dir) / 'family_priors.json', Path(run_dir) / 'log.jsonl'
     log = [r for r in read_log(run_dir) if 'family_loss' in r] if log_file.exists() else []
     if not priors_file.exists() or not log: return []
     priors, recs = json.loads(priors_file.read_text()), [r for r in log if r['step'] > since] or log[-1:]
     seen = {f: float(np.mean([r['family_loss'][f] for r in recs if f in r['family_loss']]))
             for f in priors if any(f in r['family_loss'] for r in recs)}
-    return [f"family {f} has not left its plateau: answers come from the question alone (answer loss {l:.3f}, "
-            f"its prior's {priors[f]:.3f})" for f, l in seen.items() if priors[f] > 0 and l >= (1 - within) * priors[f]]
+    return [f"family {f} has not left its plateau: its answers do not use the image yet (answer loss {l:.3f}; from the "
+            f"question alone {priors[f]:.3f})" for f, l in seen.items() if priors[f] > 0 and l >= (1 - below) * priors[f]]
 
 # %% ../nbs/12_train.ipynb #125d1911
 class Progress:
