@@ -20,11 +20,11 @@ from .tokenizer import IGNORE_INDEX, ChatTemplate, Tokenizer, encode_chat
 
 # %% auto #0
 __all__ = ['IMAGE_TOKEN', 'EASY_SHAPES', 'EASY_COLORS', 'ROLES', 'SHAPES', 'COLORS', 'TEXTURES', 'COUNT_WORDS', 'DETAIL',
-           'FAMILIES', 'SHAPES_FAMILIES', 'BAR_FAMILIES', 'VQARecord', 'family_stats', 'print_stats', 'load_easy_vqa',
-           'easy_vqa_image_labels', 'DataError', 'read_json_records', 'load_llava_json', 'check_images',
-           'save_llava_json', 'draw_scene', 'sample_scene', 'scene_labels', 'scene_questions', 'data_dir',
-           'generate_shapes', 'shapes_split', 'load_shapes', 'bar_chart', 'bar_questions', 'write_llava_set',
-           'group_turns', 'image_transform', 'VQADataset', 'collate']
+           'FAMILIES', 'SHAPES_FAMILIES', 'BAR_FAMILIES', 'QUADRANTS', 'QUADRANT_FAMILIES', 'VQARecord', 'family_stats',
+           'print_stats', 'load_easy_vqa', 'easy_vqa_image_labels', 'DataError', 'read_json_records', 'load_llava_json',
+           'check_images', 'save_llava_json', 'draw_scene', 'sample_scene', 'scene_labels', 'scene_questions',
+           'data_dir', 'generate_shapes', 'shapes_split', 'load_shapes', 'bar_chart', 'bar_questions', 'quadrant_scene',
+           'quadrant_questions', 'write_llava_set', 'group_turns', 'image_transform', 'VQADataset', 'collate']
 
 # %% ../nbs/05_data.ipynb #55dd9912
 IMAGE_TOKEN = '<image>'
@@ -400,10 +400,33 @@ def bar_questions(bars: list[dict], rng: np.random.Generator) -> dict[str, tuple
             'top_color': ('what color is the top bar?', bars[0]['color']),
             'bar_length': (f"is the {named['color']} bar long or short?", 'long' if named['length'] >= 35 else 'short')}
 
+# %% ../nbs/05_data.ipynb #9e713bcf
+QUADRANTS = ('top left', 'top right', 'bottom left', 'bottom right')
+QUADRANT_FAMILIES = {'count': 'global', 'has_shape': 'global', 'quadrant_color': 'local'}
+
+def quadrant_scene(rng: np.random.Generator, size: int = 64) -> list[dict]:
+    "2-4 objects, one in each of as many quadrants (numbered as `QUADRANTS`), placed freely inside it; colours may repeat."
+    h = size // 2
+    objs = []
+    for q in sorted(rng.choice(4, int(rng.integers(2, 5)), replace=False).tolist()):
+        r = float(rng.integers(6, 10))
+        x, y = (q % 2) * h + rng.uniform(r + 1, h - r - 1), (q // 2) * h + rng.uniform(r + 1, h - r - 1)
+        objs.append(dict(shape=str(rng.choice(SHAPES)), color=str(rng.choice(list(COLORS))), x=float(x), y=float(y), r=r,
+                         texture='plain', marker=False, quadrant=q))
+    return objs
+
+def quadrant_questions(objs: list[dict], rng: np.random.Generator) -> dict[str, tuple[str, str]]:
+    "One question per family of `QUADRANT_FAMILIES`, with its answer; the quadrant is named last."
+    named, shape = objs[int(rng.integers(len(objs)))], str(rng.choice(SHAPES))
+    return {'count': ('how many objects are there', COUNT_WORDS[len(objs)]),
+            'has_shape': (f'is there a {shape}', 'yes' if any(o['shape'] == shape for o in objs) else 'no'),
+            'quadrant_color': (f"what colour is the object in the {QUADRANTS[named['quadrant']]}", named['color'])}
+
 # %% ../nbs/05_data.ipynb #e4f38d67
 def write_llava_set(kind: str, folder: str | Path, n_train: int = 4000, n_test: int = 500, seed: int = 0) -> tuple[Path, Path]:
-    """A LLaVA-format set in `folder` (train.json, test.json, images/): 'shapes' (`load_shapes`' scenes and families)
-    or 'bars' (`bar_chart`); one record per image and question family, with `family` and `kind` fields."""
+    """A LLaVA-format set in `folder` (train.json, test.json, images/): 'shapes' (`load_shapes`' scenes and families),
+    'bars' (`bar_chart`) or 'quadrants' (`quadrant_scene`); one record per image and question family, with `family`
+    and `kind` fields."""
     folder = Path(folder)
     out = []
     for split, n in (('train', n_train), ('test', n_test)):
@@ -414,7 +437,13 @@ def write_llava_set(kind: str, folder: str | Path, n_train: int = 4000, n_test: 
                 img, bars = bar_chart(rng)
                 recs += [VQARecord(f'bars-{split}-{i}-{f}', img, [(f'{IMAGE_TOKEN}\n{q}', a)], f, BAR_FAMILIES[f])
                          for f, (q, a) in bar_questions(bars, rng).items()]
-        else: raise ValueError(f"kind must be 'shapes' or 'bars', not {kind!r}")
+        elif kind == 'quadrants':
+            rng, recs = np.random.default_rng(_split_seed(split, seed)), []
+            for i in range(n):
+                objs = quadrant_scene(rng)
+                recs += [VQARecord(f'quadrants-{split}-{i}-{f}', draw_scene(objs), [(f'{IMAGE_TOKEN}\n{q}', a)], f, QUADRANT_FAMILIES[f])
+                         for f, (q, a) in quadrant_questions(objs, rng).items()]
+        else: raise ValueError(f"kind must be 'shapes', 'bars' or 'quadrants', not {kind!r}")
         save_llava_json(recs, folder / f'{split}.json', folder / 'images')
         out.append(folder / f'{split}.json')
     return tuple(out)
