@@ -34,7 +34,7 @@ __all__ = ['DATASETS', 'RESTATE', 'TrainConfig', 'lr_factor', 'batch_indices', '
            'TrainingError', 'Interrupted', 'StopRequests', 'rank_and_world', 'set_trainable', 'stage_at',
            'pretrain_vit', 'check_run_dir', 'readable_records', 'FeatureCache', 'batch_to', 'backward_batch',
            'optimizer_step', 'start_run', 'Run', 'prepare_run', 'vit_stage', 'cache_features', 'family_priors',
-           'plateau_lines', 'Progress', 'lm_stage', 'train']
+           'plateau_lines', 'plateau_exits', 'Progress', 'lm_stage', 'train']
 
 # %% ../nbs/12_train.ipynb #88a6839d
 DATASETS = ('easy-vqa', 'shapes')
@@ -481,6 +481,15 @@ def plateau_lines(run_dir: str | Path, since: int = 0, below: float = 0.1) -> li
             for f in priors if any(f in r['family_loss'] for r in recs)}
     return [f"family {f} has not left its plateau: its answers do not use the image yet (answer loss {l:.3f}; from the "
             f"question alone {priors[f]:.3f})" for f, l in seen.items() if priors[f] > 0 and l >= (1 - below) * priors[f]]
+
+def plateau_exits(run_dir: str | Path, below: float = 0.1) -> dict[str, int | None]:
+    "Per family: the first logged step from which its answer loss stays `below` under its no-image level (None: never)."
+    priors = json.loads((Path(run_dir) / 'family_priors.json').read_text())
+    log, out = [r for r in read_log(run_dir) if 'family_loss' in r], {}
+    for f, level in priors.items():
+        under = [(r['step'], r['family_loss'][f] < (1 - below) * level) for r in log if f in r['family_loss']]
+        out[f] = next((s for i, (s, _) in enumerate(under) if all(u for _, u in under[i:])), None) if level > 0 else None
+    return out
 
 # %% ../nbs/12_train.ipynb #125d1911
 class Progress:
