@@ -122,7 +122,7 @@ def report_figure(log: list[dict], res: dict, cfg, question: str, asked: dict):
     axs[1].barh(list(fams), [v['accuracy'] * 100 for v in fams.values()], color='tab:green')
     for i, v in enumerate(fams.values()): axs[1].text(1, i, f"{v['accuracy']:.1%}  (n={v['n']})", va='center', fontsize=8)
     axs[1].set_xlim(0, 100); axs[1].set_title(f"test accuracy {res['accuracy']:.1%}", fontsize=9)
-    shown = lambda s: ''.join(c if c.isprintable() and c != '\ufffd' else '?' for c in s)  # an untrained model's answer is any bytes
+    shown = lambda s: ''.join(c if c.isascii() and c.isprintable() else '?' for c in s)  # an untrained model's answer is any bytes
     if 'alpha' in asked: plot_alpha(axs[2], np.array(asked['alpha']), cfg, f"gates: {question.split(chr(10))[-1][:40]} -> {shown(asked['answer'])[:24]}")
     else: axs[2].set_axis_off(); axs[2].set_title(f'{cfg.variant}: no AGF gates', fontsize=9)
     if res['confusion'].get('yes/no'): _confusion(axs[3], res['confusion']['yes/no'])
