@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import DataError, check_images
-from .evaluate import ask, evaluate, format_results, load_run, majority_accuracy, run_report
+from .evaluate import ask, evaluate, format_results, load_run, majority_accuracy, run_report, spread_run, spread_table
 from .experiment import ExperimentConfig, experiment, load_runs, prepare, report, summary_table
 from .finetune import FinetuneConfig, finetune, load_finetuned, make_base_dataset
 from .train import (DATASETS, Interrupted, TrainConfig, TrainingError, llava_split, load_data, make_dataset,
@@ -23,7 +23,8 @@ from .plots import save_figure
 from .vlm import VLMConfig
 
 # %% auto #0
-__all__ = ['RATES', 'train_cmd', 'finetune_cmd', 'eval_cmd', 'ask_cmd', 'experiment_cmd', 'bench_cmd', 'build_parser', 'main']
+__all__ = ['RATES', 'train_cmd', 'finetune_cmd', 'eval_cmd', 'ask_cmd', 'experiment_cmd', 'spread_cmd', 'bench_cmd',
+           'build_parser', 'main']
 
 # %% ../nbs/14_commands.ipynb #5c4c725a
 def _data_args(p: argparse.ArgumentParser, default_dataset: str | None):
@@ -171,6 +172,18 @@ def experiment_cmd(args) -> None:
         if h != 'decision': print(f"{h}: {'open' if x['held'] is None else 'held' if x['held'] else 'not held'}")
     print(f"decision: {res['hypotheses']['decision']}")
     print(f"results in {cfg.results}: repro.json, repro.png, layer_map.png, pilot.json, diagnostics.json, runs/")
+
+# %% ../nbs/14_commands.ipynb #1c2bd2e4
+def spread_cmd(args) -> None:
+    "`cli_ref spread`: seeds of the default recipe on generated sets, one record each (`spread_run` (13_evaluate))."
+    records = []
+    for kind in args.sets:
+        for seed in args.seeds:
+            rec = spread_run(kind, seed, args.output, args.results, args.train_images)
+            print(f"{kind} seed {seed}: {rec['accuracy']:.1%} (" + ', '.join(f'{f} {a:.1%}' for f, a in sorted(rec['families'].items()))
+                  + f"), {rec['wall_s']:.0f} s", flush=True)
+            records.append(rec)
+    print(spread_table(records))
 
 # %% ../nbs/14_commands.ipynb #8f2a482e
 def bench_cmd(args) -> None:
@@ -328,6 +341,17 @@ def _experiment_parser(sub, common) -> None:
     x.add_argument('--quick', action='store_true', help='toy sizes: the whole protocol in a few minutes (a test)')
     x.set_defaults(func=experiment_cmd)
 
+def _spread_parser(sub, common) -> None:
+    "`cli_ref spread`."
+    s = sub.add_parser('spread', parents=[common], help='seeds of the default recipe on generated LLaVA-format sets (resumable)')
+    s.add_argument('--sets', nargs='+', default=['bars', 'shapes', 'quadrants'], choices=('bars', 'shapes', 'quadrants'),
+                   help='generated sets (default all three; written once under --output)')
+    s.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4], help='seeds (default 0-4)')
+    s.add_argument('--train-images', type=int, default=4000, help='training images per set (default 4000; 500 test images)')
+    s.add_argument('--output', default='runs/spread', help='the sets and the run folders (default %(default)s)')
+    s.add_argument('--results', default='data/results/spread', help='one record per set and seed (default %(default)s)')
+    s.set_defaults(func=spread_cmd)
+
 # %% ../nbs/14_commands.ipynb #f903aec2
 def _bench_parser(sub, common) -> None:
     "`cli_ref bench`."
@@ -357,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument('--debug', action='store_true', help='on an error, show the traceback too')
     sub = p.add_subparsers(dest='command', required=True)
-    for add in (_train_parser, _eval_parser, _ask_parser, _experiment_parser, _bench_parser): add(sub, common)
+    for add in (_train_parser, _eval_parser, _ask_parser, _experiment_parser, _spread_parser, _bench_parser): add(sub, common)
     return p
 
 # %% ../nbs/14_commands.ipynb #0f86636e

@@ -4,23 +4,24 @@
 
 # %% ../nbs/13_evaluate.ipynb #82e49201
 from __future__ import annotations
-import json, re
+import json, os, platform, re, shutil, time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .core import default_device
-from .data import VQARecord, collate
+from .data import VQARecord, collate, load_llava_json, write_llava_set
 from .tokenizer import Tokenizer
 from .checkpoints import latest_checkpoint, load_model_weights, read_log
 from .plots import gate_heatmap, gate_strip, plot_gates, report_figure, save_figure
-from .train import FeatureCache, TrainConfig, batch_to, make_dataset
+from .train import FeatureCache, TrainConfig, batch_to, make_dataset, plateau_exits, train
 from .vlm import VLM, VLMConfig
 
 # %% auto #0
 __all__ = ['normalize_answer', 'load_run', 'prompt_batches', 'answer', 'is_correct', 'score', 'majority_accuracy',
-           'format_results', 'evaluate', 'ask', 'run_report']
+           'format_results', 'evaluate', 'ask', 'spread_run', 'spread_table', 'run_report']
 
 # %% ../nbs/13_evaluate.ipynb #8e49973d
 def normalize_answer(s: str) -> str:
@@ -139,6 +140,49 @@ def ask(model: VLM, tok: Tokenizer, image, question: str, tcfg: TrainConfig,
             fig = plot_gates(heat, strip, model.cfg, [tok.decode([t], skip_special=False) for t in gen])
             out['gates_png'] = str(save_figure(fig, gates_png))
     return out
+
+# %% ../nbs/13_evaluate.ipynb #f899df0b
+def spread_run(kind: str, seed: int, root: str | Path = 'runs/spread', results: str | Path = 'data/results/spread',
+               n_train: int = 4000, n_test: int = 500, progress: bool = False, **overrides) -> dict:
+    """One seed of the default recipe on the generated set `kind` (written once under `root`), scored on its test file;
+    its record is written to `results/<kind>-s<seed>.json` (atomically) and returned, or read if it exists."""
+    f = Path(results) / f'{kind}-s{seed}.json'
+    if f.exists(): return json.loads(f.read_text())
+    data = Path(root) / kind
+    if not (data / 'test.json').exists(): write_llava_set(kind, data, n_train, n_test)
+    cfg = TrainConfig(dataset='llava', data=str(data / 'train.json'), test_data=str(data / 'test.json'),
+                      image_folder=str(data / 'images'), vit_steps=0, seed=seed, **overrides)
+    out, t0 = Path(root) / f'{kind}-s{seed}', time.perf_counter()
+    if out.exists(): shutil.rmtree(out)   # an unfinished run starts again: the record is what counts
+    model, tok = train(cfg, out, progress=progress)
+    test = load_llava_json(data / 'test.json', data / 'images')
+    res = evaluate(model.eval(), tok, test, cfg, out=out)
+    log = [r for r in read_log(out) if 'family_loss' in r]
+    rec = dict(kind=kind, seed=seed, accuracy=res['accuracy'], families={k: v['accuracy'] for k, v in res['families'].items()},
+               majority=majority_accuracy(load_llava_json(data / 'train.json', data / 'images'), test),
+               plateau_exit=plateau_exits(out), family_loss=[[r['step'], r['family_loss']] for r in log],
+               no_image_level=json.loads((out / 'family_priors.json').read_text()), wall_s=time.perf_counter() - t0,
+               threads=torch.get_num_threads(), machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+               config={k: v for k, v in cfg.to_dict().items() if k != 'model'})
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.with_suffix('.tmp').write_text(json.dumps(rec, indent=1)); os.replace(f.with_suffix('.tmp'), f)
+    return rec
+
+def spread_table(records: list[dict]) -> str:
+    "Markdown: accuracy (%) per set, seed and family, then each set's worst, best and best - worst per column."
+    lines = []
+    for kind in dict.fromkeys(r['kind'] for r in records):
+        rs = sorted((r for r in records if r['kind'] == kind), key=lambda r: r['seed'])
+        fams = sorted({f for r in rs for f in r['families']})
+        cols = lambda r: [100 * r['accuracy']] + [100 * r['families'].get(f, float('nan')) for f in fams]
+        lines += [f'| {kind} | all | ' + ' | '.join(fams) + ' | plateau left (step) |', '|---|---|' + '---|' * (len(fams) + 2)]
+        lines += [f"| seed {r['seed']} | " + ' | '.join(f'{x:.1f}' for x in cols(r)) + ' | ' +
+                  ', '.join(f"{f} {s if s is not None else 'never'}" for f, s in sorted(r['plateau_exit'].items())) + ' |' for r in rs]
+        table = np.array([cols(r) for r in rs])
+        for name, row in (('worst', table.min(0)), ('best', table.max(0)), ('best - worst', table.max(0) - table.min(0))):
+            lines.append(f'| {name} | ' + ' | '.join(f'{x:.1f}' for x in row) + ' | |')
+        lines.append('')
+    return '\n'.join(lines)
 
 # %% ../nbs/13_evaluate.ipynb #b8503074
 def run_report(run_dir: str | Path, res: dict, model: VLM, tok: Tokenizer, record: VQARecord, tcfg: TrainConfig):

@@ -259,3 +259,13 @@ def test_a_stalled_family_is_named_during_training_and_in_the_report(tmp_path):
     log = [json.loads(l) for l in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()]
     assert set(log[-1]['family_loss']) == named_families | {'restate'}
     assert json.loads((tmp_path / 'run' / 'family_priors.json').read_text())['yes/no'] > 0
+
+
+def test_spread_run_records_a_seed_and_resumes(tmp_path):
+    from cli_ref.evaluate import spread_run, spread_table
+    kw = dict(root=tmp_path / 'runs', results=tmp_path / 'results', n_train=40, n_test=8, instruct_steps=4, batch_size=8)
+    rec = spread_run('quadrants', 3, **kw)
+    assert set(rec['families']) == {'count', 'has_shape', 'quadrant_color'} and rec['seed'] == 3
+    assert set(rec['plateau_exit']) >= {'count', 'quadrant_color'} and rec['family_loss']
+    assert spread_run('quadrants', 3, **{**kw, 'instruct_steps': 999}) == rec     # recorded: read, not rerun
+    assert 'best - worst' in spread_table([rec])
