@@ -64,7 +64,7 @@ def step_flops(step, model) -> int:
 def forward_flops(preset: str, variant: str, text: int = 64) -> int:
     "FLOPs of one forward (one image, one crop, `text` text tokens), counted on the `meta` device: any size, no memory."
     with torch.device('meta'):
-        cfg = VLMConfig.preset(preset, variant=variant, anyres=())
+        cfg = VLMConfig.preset(preset, variant=variant, anyres=None)
         m, N = VLM(cfg), cfg.n_image_tokens
         px = torch.randn(1, 3, cfg.vit.image_size, cfg.vit.image_size)
         x, vis = torch.randn(1, N + text, cfg.llm.dim), torch.arange(N + text)[None] < N
@@ -250,7 +250,7 @@ REAL_SIZES = ('llava15_7b', 'ov_0_5b', 'ov_7b')
 
 def real_size_config(preset: str, layers: int | None = None, vocab: int | None = None) -> VLMConfig:
     "A real shape's baseline config with one crop per image; `layers` and `vocab` cut it for the CPU's quick mode."
-    c = VLMConfig.preset(preset, variant='baseline', anyres=()).to_dict()
+    c = VLMConfig.preset(preset, variant='baseline', anyres=None).to_dict()
     if layers: c['llm']['n_layers'], c['vit']['depth'] = layers, max(2, layers)
     if vocab: c['llm']['vocab_size'], c['image_token_id'] = vocab, vocab - 1
     return VLMConfig.from_dict(c)

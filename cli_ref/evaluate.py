@@ -67,7 +67,7 @@ def answer(model: VLM, tok: Tokenizer, records: list[VQARecord], tcfg: TrainConf
     """Greedy answers to the last question of each record, each stopped at the tokenizer's end token. `cache`: encode
     each distinct image once (`prompt_batches`); None = wherever that works (our datasets, one crop per image)."""
     out = []
-    if cache is None: cache = make is make_dataset and not model.cfg.anyres
+    if cache is None: cache = make is make_dataset and model.cfg.anyres is None
     for b in prompt_batches(model, tok, records, tcfg, batch_size, make, cache):
         gen = model.generate(b.get('pixel_values'), b['input_ids'], b['attention_mask'], image_sizes=b.get('image_sizes'),
                              features=b.get('features'), max_new_tokens=max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id)

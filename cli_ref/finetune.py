@@ -177,7 +177,7 @@ class FinetuneConfig(ConfigMixin):
         return lrs
 
 # %% ../nbs/18_finetune.ipynb #c8652791
-CLI_FIELDS = ('inject_every', 'lora_rank', 'agf_dim', 'agf_heads', 'bank_pool')
+CLI_FIELDS = ('inject_every', 'lora_rank', 'agf_dim', 'agf_heads')
 
 def cli_defaults(cfg: VLMConfig) -> dict:
     """CLI's settings on a base: the preset's for LLaVA-1.5-7B and OneVision 0.5B / 7B (matched by LLM width and
@@ -188,7 +188,7 @@ def cli_defaults(cfg: VLMConfig) -> dict:
             return {k: getattr(p, k) for k in CLI_FIELDS}
     width = min(1024, cfg.llm.dim)
     heads = width // 64 if width % 64 == 0 else next(h for h in (8, 4, 2, 1) if width % h == 0)
-    return dict(inject_every=4, lora_rank=16, agf_dim=width, agf_heads=heads, bank_pool=2 if cfg.anyres else 1)
+    return dict(inject_every=4, lora_rank=16, agf_dim=width, agf_heads=heads)
 
 # %% ../nbs/18_finetune.ipynb #ae0a6a51
 def load_base(cfg: FinetuneConfig) -> tuple[VLM, Tokenizer]:
@@ -321,10 +321,10 @@ def memory_plan(preset: str | VLMConfig, batch: int = 1, text_tokens: int = 128,
     trained = {id(p): p.numel() for g in FinetuneConfig(train=train).learning_rates(c) for p in groups[g]}
     total, n_train = n_params(m), sum(trained.values())
     cli_n = sum(p.numel() for g in ('amp', 'agf') for p in groups[g])
-    n_img = max(n_anyres_tokens(c, g) for g in c.anyres) if c.anyres else c.n_image_tokens  # the largest crop grid
+    n_img = max(n_anyres_tokens(c, g) for g in c.anyres.grids) if c.anyres else c.n_image_tokens  # the largest crop grid
     s, h, L = n_img + text_tokens, c.llm.dim, c.llm.n_layers
     n = c.vit.image_size // c.vit.patch_size
-    bank_len = n * n + (max(gh * gw for gh, gw in c.anyres) // c.vit.image_size ** 2 * math.ceil(n / c.bank_pool) ** 2
+    bank_len = n * n + (max(gh * gw for gh, gw in c.anyres.grids) // c.vit.image_size ** 2 * math.ceil(n / c.anyres.bank_pool) ** 2
                         if c.anyres else 0)
     state = 2 * (total - n_train) + 16 * n_train
     if train == 'cli+llm' and gpus > 1: state = state / gpus + 2 * 2 * n_params(m.llm.layers[0])

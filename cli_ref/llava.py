@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_llava.ipynb #4215a4c2
 from __future__ import annotations
-import json, math, os
+import dataclasses, json, math, os
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from transformers.image_utils import ChannelDimension
 from .checkpoints import upgrade_state
 from .llm import llm_config_from_hf
 from .vit import ViTConfig, convert_hf_vision_state, vit_config_from_hf
-from .vlm import VLM, VLMConfig, param_groups, pool_tokens
+from .vlm import AnyResConfig, VLM, VLMConfig, param_groups, pool_tokens
 
 # %% auto #0
 __all__ = ['checkpoint_folder', 'llava_config', 'convert_llava_state', 'load_llava', 'clip_transform', 'anyres_grid',
@@ -65,8 +65,8 @@ def llava_config(path_or_id: str | Path, **overrides) -> VLMConfig:
     if layer == 0: raise ValueError(f"{path_or_id}: vision_feature_layer 0 (the embedding output) is not supported")
     kw = dict(variant='baseline', feature_layer=layer - 1 if layer > 0 else layer, image_token_id=hf.image_token_index)
     if hf.model_type == 'llava_onevision':
-        kw.update(anyres=tuple(map(tuple, hf.image_grid_pinpoints)), bank_pool=2,
-                  anyres_max=int(hf.vision_aspect_ratio.removeprefix('anyres_max_')))
+        kw.update(anyres=AnyResConfig(tuple(map(tuple, hf.image_grid_pinpoints)),
+                                      max_crops=int(hf.vision_aspect_ratio.removeprefix('anyres_max_'))))
     return VLMConfig(vit=vit, llm=llm, **{**kw, **overrides})
 
 # %% ../nbs/16_llava.ipynb #e47061a1
@@ -130,8 +130,8 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
     return v2.functional.resize(x, list(size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
 
 def anyres_grid(cfg: VLMConfig, image_size) -> tuple[int, int]:
-    "(rows, cols) of the high-resolution crops for an image of (height, width): the best-fitting grid of `cfg.anyres`."
-    h, w = select_best_resolution(tuple(image_size), [list(g) for g in cfg.anyres])
+    "(rows, cols) of the high-resolution crops for an image of (height, width): the best-fitting grid of `cfg.anyres.grids`."
+    h, w = select_best_resolution(tuple(image_size), [list(g) for g in cfg.anyres.grids])
     return h // cfg.vit.image_size, w // cfg.vit.image_size
 
 def anyres_transform(cfg: VLMConfig):
@@ -163,7 +163,7 @@ def anyres_layout(cfg: VLMConfig, image_size) -> tuple[tuple[int, int], tuple[in
         pad = (Wg - int(round(ow * Hg / oh, 7))) // 2
         box = (0, Hg, pad, Wg - pad)
     h, w = box[1] - box[0], box[3] - box[2]
-    ratio = math.sqrt(h * w / (cfg.anyres_max * n * n))
+    ratio = math.sqrt(h * w / (cfg.anyres.max_crops * n * n))
     return (rows, cols), box, ((int(h // ratio), int(w // ratio)) if ratio > 1.1 else None)
 
 def n_anyres_tokens(cfg: VLMConfig, image_size) -> int:
@@ -197,9 +197,11 @@ def anyres_banks(banks: list[torch.Tensor], counts: list[int], pool: int) -> tup
 class AnyResVLM(VLM):
     "`VLM` with LLaVA-OneVision's image path: AnyRes crops, unpadding, the image-newline embedding."
     def __init__(self, cfg: VLMConfig, vit=None, llm=None, projector=None, image_newline: nn.Parameter | None = None):
-        if not cfg.anyres: raise ValueError("AnyResVLM needs crop grids in cfg.anyres")
+        if cfg.anyres is None: raise ValueError("AnyResVLM needs crop grids: cfg.anyres (an AnyResConfig)")
         super().__init__(cfg, vit=vit, llm=llm, projector=projector)
         self.image_newline = image_newline if image_newline is not None else nn.Parameter(torch.randn(cfg.llm.dim) / cfg.llm.dim ** 0.5)
+
+    def input_parameters(self) -> list[nn.Parameter]: return [self.image_newline]   # trains with the projector
 
     def encode_image(self, pixel_values: torch.Tensor, image_sizes=None):
         "pixel_values (B, crops, 3, S, S), padded along crops; image_sizes (B, 2): each image's (height, width)."
@@ -211,7 +213,7 @@ class AnyResVLM(VLM):
         crops = self.projector(feats[cfg.feature_index]).split(counts)
         tokens = [pack_anyres(t, s, cfg, self.image_newline) for t, s in zip(crops, sizes)]
         if self.amp is None: return tokens, None, None
-        banks, mask = anyres_banks(self.amp([feats[k] for k in cfg.bank_layers]), counts, cfg.bank_pool)
+        banks, mask = anyres_banks(self.amp([feats[k] for k in cfg.bank_layers]), counts, cfg.anyres.bank_pool)
         return tokens, banks, mask
 
 # %% ../nbs/16_llava.ipynb #06e14ea2
@@ -253,8 +255,9 @@ def load_adapter(base: VLM, folder: str | Path) -> VLM:
         raise ValueError(f"adapter {folder} was trained on a base whose projector reads vision block {cfg.feature_index}; "
                          f"this base reads block {base.cfg.feature_index} (another vision_feature_layer)")
     keep = ('variant', 'vision_layers', 'n_vision_layers', 'lora_rank', 'lora_alpha', 'lora_on', 'inject_layers', 'inject_every', 'inject_start',
-            'agf_dim', 'agf_heads', 'agf_tau', 'share_kv', 'bank_pool')
-    model = attach_cli(base, **{k: getattr(cfg, k) for k in keep})
+            'agf_dim', 'agf_heads', 'agf_tau', 'share_kv')
+    pool = {'anyres': dataclasses.replace(base.cfg.anyres, bank_pool=cfg.anyres.bank_pool)} if cfg.anyres and base.cfg.anyres else {}
+    model = attach_cli(base, **{k: getattr(cfg, k) for k in keep}, **pool)
     sd = upgrade_state(load_file(folder / 'adapter.safetensors'))
     params = dict(model.named_parameters())
     bad = sorted(set(cli_parameters(model)) - set(sd)) + sorted(set(sd) - set(params))

@@ -21,12 +21,21 @@ from .tokenizer import IGNORE_INDEX
 from .vit import ViTConfig, VisionTransformer
 
 # %% auto #0
-__all__ = ['OV_GRIDS', 'VLMConfig', 'labelled_positions', 'causal_lm_loss', 'sample_losses', 'shuffle_tokens', 'pool_tokens',
-           'VLM', 'load_shared', 'param_groups', 'perturb_zero_init', 'n_params', 'params_over_baseline',
+__all__ = ['OV_GRIDS', 'AnyResConfig', 'VLMConfig', 'labelled_positions', 'causal_lm_loss', 'sample_losses', 'shuffle_tokens',
+           'pool_tokens', 'VLM', 'load_shared', 'param_groups', 'perturb_zero_init', 'n_params', 'params_over_baseline',
            'added_params']
 
 # %% ../nbs/09_vlm.ipynb #269f3a5e
 OV_GRIDS = tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7))  # LLaVA-OneVision's crop grids
+
+@dataclass
+class AnyResConfig(ConfigMixin):
+    "LLaVA-OneVision's AnyRes images, which `16_llava` builds: one base crop plus the best-fitting grid of crops."
+    grids: tuple = OV_GRIDS          # crop grids (height, width) in pixels
+    max_crops: int = 9               # 'anyres_max_9': high-resolution tokens are downsampled to at most 9 crops' worth
+    bank_pool: int = 2               # AMP's banks average-pool each high-resolution crop's tokens by this stride
+
+    def __post_init__(self): self.grids = tuple(tuple(g) for g in self.grids)
 
 # %% ../nbs/09_vlm.ipynb #107bfb76
 @dataclass
@@ -48,9 +57,7 @@ class VLMConfig(ConfigMixin):
     agf_tau: float = 1.0             # softmax temperature of the layer choice
     share_kv: bool = True            # one set of visual K/V projections for all injection layers
     image_token_id: int = 3          # the tokenizer's <image> id
-    anyres: tuple = ()               # LLaVA-OneVision AnyRes crop grids (height, width); () = one image, one crop
-    anyres_max: int = 9              # 'anyres_max_9': high-resolution tokens are downsampled to at most 9 crops' worth
-    bank_pool: int = 1               # AnyRes: average-pool each high-resolution crop's tokens by this stride in the banks
+    anyres: AnyResConfig | None = None  # LLaVA-OneVision's crops (`16_llava`); None: one image, one fixed grid
     image_pool: int = 1              # pool the patch grid by this stride before projecting (tiny: 2, 64 -> 16 tokens)
     image_pool_mode: str = 'avg'     # 'avg': mean of each cell; 'shuffle': its tokens concatenated (pixel shuffle), lossless
     feature_norm: bool = False       # standardise each vision layer's tokens (LayerNorm without weights) before projecting
@@ -61,17 +68,25 @@ class VLMConfig(ConfigMixin):
         'llava15_7b': dict(vit='clip_l14_336', llm='vicuna_7b', inject_every=4, lora_rank=32, agf_dim=1024,
                            agf_heads=8, image_token_id=32000),
         'ov_0_5b': dict(vit='siglip_so400m_384', llm='qwen2_0_5b', feature_layer=-1, inject_every=4, lora_rank=16,
-                        agf_dim=896, agf_heads=14, image_token_id=151646, anyres=OV_GRIDS, bank_pool=2),
+                        agf_dim=896, agf_heads=14, image_token_id=151646, anyres=AnyResConfig()),
         'ov_7b': dict(vit='siglip_so400m_384', llm='qwen2_7b', feature_layer=-1, inject_every=4, lora_rank=32,
-                      agf_dim=1024, agf_heads=8, image_token_id=151646, anyres=OV_GRIDS, bank_pool=2),
+                      agf_dim=1024, agf_heads=8, image_token_id=151646, anyres=AnyResConfig()),
     }
 
     def __post_init__(self):
         if isinstance(self.vit, str): self.vit = ViTConfig.preset(self.vit)
         if isinstance(self.llm, str): self.llm = LLMConfig.preset(self.llm)
         self.vision_layers, self.inject_layers = tuple(self.vision_layers), tuple(self.inject_layers)
-        self.anyres = tuple(tuple(g) for g in self.anyres)
+        if isinstance(self.anyres, dict): self.anyres = AnyResConfig(**self.anyres)
         self.check()
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        "`ConfigMixin.from_dict`, reading too the configs written before AnyRes had its own (flat `anyres`, `anyres_max`, `bank_pool`)."
+        if 'anyres_max' in d or 'bank_pool' in d or isinstance(d.get('anyres'), (list, tuple)):
+            d = {k: v for k, v in d.items() if k not in ('anyres_max', 'bank_pool')} | {'anyres': dict(
+                grids=d['anyres'], max_crops=d.get('anyres_max', 9), bank_pool=d.get('bank_pool', 2)) if d.get('anyres') else None}
+        return super().from_dict(d)
 
 # %% ../nbs/09_vlm.ipynb #697cb5ac
 @patch
@@ -81,7 +96,7 @@ def check(self: VLMConfig) -> None:
     if self.anyres and not VARIANTS[self.variant].anyres:
         raise ValueError(f"{self.variant} needs one fixed-size token grid per image; it does not run with AnyRes")
     if self.anyres and self.image_pool > 1:
-        raise ValueError("image_pool is for one-crop models; AnyRes downsamples with anyres_max and bank_pool")
+        raise ValueError("image_pool is for one-crop models; AnyRes downsamples with anyres.max_crops and anyres.bank_pool")
     if self.image_pool_mode not in ('avg', 'shuffle'): raise ValueError(f"image_pool_mode must be 'avg' or 'shuffle', not {self.image_pool_mode!r}")
     if self.image_pool_mode == 'shuffle' and self.vit.grid % self.image_pool:
         raise ValueError(f"image_pool_mode='shuffle' needs the patch grid ({self.vit.grid}) to divide by image_pool={self.image_pool}")
@@ -173,6 +188,10 @@ class VLM(nn.Module):
         if s == 1: return x
         return shuffle_tokens(x, s) if self.cfg.image_pool_mode == 'shuffle' else pool_tokens(x, s)
 
+    def input_parameters(self) -> list[nn.Parameter]:
+        "Parameters that shape the input's image tokens besides the projector's: none here (`AnyResVLM` (16_llava): one)."
+        return []
+
 # %% ../nbs/09_vlm.ipynb #9beded89
 @patch
 def encode_image(self: VLM, pixel_values: torch.Tensor, image_sizes=None):
@@ -252,8 +271,7 @@ def param_groups(model: VLM) -> dict[str, list[nn.Parameter]]:
     vit, deepest = model.vit, max(model.cfg.bank_layers + (model.cfg.feature_index,))
     used = [vit.patch_embed, vit.norm_pre, *vit.blocks[:deepest + 1]]
     vision = [p for mod in used for p in mod.parameters()] + [vit.pos_embed] + ([vit.cls_token] if vit.cls_token is not None else [])
-    newline = [model.image_newline] if hasattr(model, 'image_newline') else []  # AnyRes models' row-end embedding
-    groups = {'vision': vision, 'projector': list(model.projector.parameters()) + newline,
+    groups = {'vision': vision, 'projector': list(model.projector.parameters()) + model.input_parameters(),
               'amp': list(model.amp.lora.parameters()) if model.amp is not None else [],
               'agf': model.injector.fusion_parameters(), 'llm': list(model.llm.parameters())}
     return groups
@@ -279,5 +297,5 @@ def params_over_baseline(cfg: VLMConfig) -> tuple[int, float]:
 
 def added_params(preset: str, variants=VARIANTS, **overrides) -> dict[str, tuple[int, float]]:
     "{variant: (parameters added to the baseline, as a fraction of the baseline)} for a preset."
-    overrides = {'anyres': (), **overrides}  # counted for one crop per image: the image layout adds no parameters to compare
+    overrides = {'anyres': None, **overrides}  # counted for one crop per image: the image layout adds no parameters to compare
     return {v: params_over_baseline(VLMConfig.preset(preset, variant=v, **overrides)) for v in variants}

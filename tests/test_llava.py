@@ -103,9 +103,9 @@ def ov_inputs(cfg, sizes=((40, 70), (50, 30)), seed=0):
     return px, torch.tensor(sizes), ids, (ids != 0).long()
 
 def test_onevision_processor_matches_transformers():
-    from cli_ref.vlm import VLMConfig
+    from cli_ref.vlm import AnyResConfig, VLMConfig
     from cli_ref.vit import ViTConfig
-    cfg = VLMConfig(vit=ViTConfig(image_size=32, patch_size=8), anyres=GRIDS)
+    cfg = VLMConfig(vit=ViTConfig(image_size=32, patch_size=8), anyres=AnyResConfig(GRIDS))
     proc = LlavaOnevisionImageProcessor(size={'height': 32, 'width': 32}, image_grid_pinpoints=GRIDS,
                                         image_mean=list(cfg.vit.image_mean), image_std=list(cfg.vit.image_std))
     rng = np.random.default_rng(1)
