@@ -219,7 +219,7 @@ def _commit() -> str:
 def format_bench(res: dict) -> str:
     "A markdown report of `run_bench`'s results."
     m = res['machine']
-    out = [f"Machine: {m['device']}, {m['cpus']} CPUs, {m['threads']} threads, torch {m['torch']}; {res['date']}, commit {res['commit']}; "
+    out = [f"Machine: {m['device']}, {m['cpus']} CPUs, {m['threads']} threads, torch {m['torch']}; {res['date']}; "
            f"batch {res['batch']}, {res['text_tokens']} text tokens after the image tokens.", '',
            '| preset / variant / dtype | step (s) | samples/s | tokens/s | MFU |', '|---|---|---|---|---|']
     out += [f"| {k} | {v['step_s']:.3f} | {v['samples_per_s']:.0f} | {v['tokens_per_s']:,.0f} | {v['mfu']:.1%} |" for k, v in res['train'].items()]
@@ -322,7 +322,7 @@ def real_size_bench(presets=REAL_SIZES, batch: int = 1, text: int = 128, device:
 def format_real_size(res: dict) -> str:
     "A markdown table of `real_size_bench`'s results."
     m = res['machine']
-    out = [f"{m['device']}, torch {m['torch']}, {res['dtype']}; {res['date']}, commit {res['commit']}; batch {res['batch']}, "
+    out = [f"{m['device']}, torch {m['torch']}, {res['dtype']}; {res['date']}; batch {res['batch']}, "
            f"one crop + {res['text_tokens']} text tokens{' (quick: layers and vocabulary cut, not a measurement)' if res['quick'] else ''}", '',
            '| preset | train | seq | CLI step (s) | tokens/s | CLI / baseline | ours / transformers | peak GB | plan GB | peak / plan |',
            '|---|---|---|---|---|---|---|---|---|---|']
