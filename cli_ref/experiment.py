@@ -22,7 +22,7 @@ from .train import TrainConfig, batch_indices, build_tokenizer, lr_factor, pretr
 from .vit import VisionTransformer, resolve_indices
 from .plots import gate_heatmap, plot_arms, plot_layer_map, plot_probes, save_figure
 from .data import FAMILIES
-from .vlm import VLM, VLMConfig, causal_lm_loss, labelled_positions, params_over_baseline, sample_losses
+from .vlm import VLM, VLMConfig, causal_lm_loss, labelled_targets, params_over_baseline, per_sample, sample_losses
 
 # %% auto #0
 __all__ = ['GRID', 'ARMS', 'ARM_VARIANT', 'T95', 'ExperimentConfig', 'pixels', 'natural_tower', 'VectorQuantizer',
@@ -402,8 +402,7 @@ def score_run(model: VLM, data: dict, cache: np.ndarray, split: str = 'test', ba
         ids, labels = d['ids'][i:i + batch], d['labels'][i:i + batch]
         logits, gates = model.eval().forward_features(_features(model, cache, d['image'][i:i + batch]), ids,
                                                       (ids != data['tok'].pad_id).long(), return_gates=True, labels=labels)
-        wrong = (logits.argmax(-1) != labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]).float()   # per labelled token
-        right += (wrong.new_zeros(len(ids)).index_add_(0, labelled_positions(labels).nonzero()[:, 0], wrong) == 0).tolist()
+        right += (per_sample((logits.argmax(-1) != labelled_targets(labels)).float(), labels) == 0).tolist()
         for f in heat if gates else ():
             pick = torch.tensor([x == f for x in d['family'][i:i + batch]])
             if pick.any():

@@ -21,9 +21,9 @@ from .tokenizer import IGNORE_INDEX
 from .vit import ViTConfig, VisionTransformer
 
 # %% auto #0
-__all__ = ['OV_GRIDS', 'AnyResConfig', 'VLMConfig', 'labelled_positions', 'causal_lm_loss', 'sample_losses', 'shuffle_tokens',
-           'pool_tokens', 'VLM', 'load_shared', 'param_groups', 'perturb_zero_init', 'n_params', 'params_over_baseline',
-           'added_params']
+__all__ = ['OV_GRIDS', 'AnyResConfig', 'VLMConfig', 'labelled_positions', 'labelled_targets', 'per_sample', 'causal_lm_loss',
+           'sample_losses', 'shuffle_tokens', 'pool_tokens', 'VLM', 'load_shared', 'param_groups', 'perturb_zero_init',
+           'n_params', 'params_over_baseline', 'added_params']
 
 # %% ../nbs/09_vlm.ipynb #269f3a5e
 OV_GRIDS = tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7))  # LLaVA-OneVision's crop grids
@@ -134,19 +134,26 @@ def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
     "(B, T) mask of the positions whose next token is labelled: the only logits the loss reads."
     return F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1))
 
+def labelled_targets(labels: torch.Tensor) -> torch.Tensor:
+    "The next tokens (n,) of `labelled_positions(labels)`, in the same order as their logits' rows."
+    return labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+
+def per_sample(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    "Sum over each sample's labelled positions (B,) of a value given per row (n,) of `labelled_positions(labels)`."
+    return x.new_zeros(len(labels)).index_add_(0, labelled_positions(labels).nonzero()[:, 0], x)
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 'mean') -> torch.Tensor:
     """Next-token cross-entropy over positions whose label is not IGNORE_INDEX (their mean, or with 'sum' their sum),
     from logits at every position (B, T, V) or only at `labelled_positions(labels)` (n, V), as `forward(..., labels)` gives."""
     if logits.dim() == 2:
-        return F.cross_entropy(logits.float(), labels[:, 1:][labels[:, 1:] != IGNORE_INDEX], reduction=reduction)
+        return F.cross_entropy(logits.float(), labelled_targets(labels), reduction=reduction)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX,
                            reduction=reduction)
 
 def sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     "Each sample's mean answer-token loss (B,), from the logits at `labelled_positions(labels)` (n, V)."
-    tok = F.cross_entropy(logits.float(), labels[:, 1:][labels[:, 1:] != IGNORE_INDEX], reduction='none')   # (n,)
-    rows = labelled_positions(labels).nonzero()[:, 0]                                   # the sample of each row
-    return tok.new_zeros(len(labels)).index_add_(0, rows, tok) / (labels[:, 1:] != IGNORE_INDEX).sum(1).clamp(min=1)
+    tok = F.cross_entropy(logits.float(), labelled_targets(labels), reduction='none')   # (n,)
+    return per_sample(tok, labels) / (labels[:, 1:] != IGNORE_INDEX).sum(1).clamp(min=1)
 
 def shuffle_tokens(x: torch.Tensor, stride: int) -> torch.Tensor:
     """Space-to-depth ("pixel shuffle", as nanoVLM and Idefics3 shrink their grids): (B, n*n, D) -> (B, (n/stride)**2,
