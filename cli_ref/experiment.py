@@ -52,7 +52,8 @@ class ExperimentConfig(ConfigMixin):
     test_images: int = 1000        # 6,000 test questions; the probes are tested on them too
     probe_images: int = 3000       # the probes are trained on the objects of the first training images
     attention_probe_steps: int = 1500  # the marker diagnostic's attention probe
-    tower_steps: int = 700         # natural tower: stage 0 on the global labels
+    tower_steps: int = 2500        # natural tower: stage 0 on the global labels, until its last block reads them
+    tower_lr: float = 1e-3
     bottleneck_steps: int = 800    # bottleneck tower: later blocks + codebook, again on the global labels
     frozen_blocks: int = 2         # the bottleneck tower keeps its embedding and these first blocks from the natural one
     codebook: int = 16             # K, the quantiser's codebook size
@@ -108,7 +109,8 @@ def natural_tower(cfg: ExperimentConfig, images: np.ndarray, labels: dict) -> tu
     "The tiny tower pretrained on the global labels (stage 0); its losses."
     set_seed(0)
     model = VLM(VLMConfig.preset(cfg.model, variant='baseline'))
-    losses = pretrain_vit(model, images, labels, cfg.tower_steps, TrainConfig(vit_batch_size=64), torch.device('cpu'))
+    losses = pretrain_vit(model, images, labels, cfg.tower_steps, TrainConfig(vit_batch_size=64, vit_lr=cfg.tower_lr),
+                          torch.device('cpu'))
     return model.vit, losses
 
 # %% ../nbs/15_experiment.ipynb #77c6bf7d
