@@ -64,7 +64,8 @@ def train_cmd(args) -> None:
     cfg = TrainConfig(model=VLMConfig.preset(args.preset, variant=args.variant), instruct_steps=o['steps'],
                       vit_steps=vit_steps, vision_lr=o['vision_lr'], align_steps=args.align_steps, batch_size=o['batch_size'], turns=args.turns,
                       balance=args.balance, restate=args.restate, lr=o['lr'], new_lr=o['new_lr'], vit_lr=o['vit_lr'], warmup=o['warmup'],
-                      seed=args.seed, dtype=args.dtype, ckpt_every=o['ckpt_every'], compile=args.compile, **_dataset_fields(args))
+                      seed=args.seed, dtype=args.dtype, ckpt_every=o['ckpt_every'], compile=args.compile, head_chunk=args.head_chunk,
+                      **_dataset_fields(args))
     out = Path(args.output or f"runs/{cfg.dataset}-{args.variant}-{args.preset}-seed{args.seed}")
     t0 = time.perf_counter()
     model, tok = train(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet)
@@ -92,7 +93,7 @@ def finetune_cmd(args) -> None:
                projector_lr=d.projector_lr, llm_lr=d.llm_lr, max_len=d.max_len, warmup=d.warmup)
     cfg = FinetuneConfig(base=args.base, data=args.data, test_data=args.test_data or '', image_folder=args.image_folder or '',
                          bad_images=args.bad_images, train=args.train, grad_accum=args.grad_accum, seed=args.seed, dtype=args.dtype,
-                         gradient_checkpointing=args.gradient_checkpointing, compile=args.compile, **o)
+                         gradient_checkpointing=args.gradient_checkpointing, compile=args.compile, head_chunk=args.head_chunk, **o)
     out = Path(args.output or f"runs/{Path(args.base.rstrip('/')).name}-{args.train.replace('+', '-')}-seed{args.seed}")
     t0 = time.perf_counter()
     model, tok = finetune(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet)
@@ -295,6 +296,8 @@ def _train_parser(sub, common) -> None:
     t.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     t.add_argument('--compile', action='store_true', help='torch.compile the model that trains (off by default; '
                    '`cli_ref bench --compile` measures what it costs and gains)')
+    t.add_argument('--head-chunk', type=int, default=0, metavar='ROWS',
+                   help='compute the LM head and loss this many answer tokens at a time, for long answers (default 0: all at once)')
     t.add_argument('--device', help='cpu, cuda, cuda:1, ... (default: cuda if available)')
     t.add_argument('--eval-limit', type=int, default=0, help='evaluate on the first N test questions only (default all)')
     t.add_argument('--quiet', action='store_true', help='no progress bar')

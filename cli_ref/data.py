@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from .core import write_json
 from .tokenizer import IGNORE_INDEX, ChatTemplate, Tokenizer, encode_chat
 
 # %% auto #0
@@ -251,9 +252,7 @@ def save_llava_json(records: Sequence[VQARecord], path: str | Path, image_folder
                 if not (image_folder / rel).exists(): r.load_image().save(image_folder / rel)
         conv = [m for q, a in r.turns for m in ({'from': 'human', 'value': q}, {'from': 'gpt', 'value': a})]
         out.append({'id': r.id, 'image': rel, 'conversations': conv, 'family': r.family, 'kind': r.kind})
-    tmp = path.with_suffix(path.suffix + '.tmp')
-    tmp.write_text(json.dumps(out, indent=1), encoding='utf-8')
-    os.replace(tmp, path)  # atomic: a crash never leaves half a file
+    write_json(path, out)
 
 # %% ../nbs/05_data.ipynb #3fbfb104
 SHAPES = ('circle', 'square', 'triangle')

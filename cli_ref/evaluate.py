@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import default_device
+from .core import default_device, write_json
 from .data import VQARecord, collate, load_llava_json, write_llava_set
 from .tokenizer import Tokenizer
 from .checkpoints import latest_checkpoint, load_model_weights, read_log
@@ -165,7 +165,7 @@ def spread_run(kind: str, seed: int, root: str | Path = 'runs/spread', results: 
                threads=torch.get_num_threads(), machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
                config={k: v for k, v in cfg.to_dict().items() if k != 'model'})
     f.parent.mkdir(parents=True, exist_ok=True)
-    f.with_suffix('.tmp').write_text(json.dumps(rec, indent=1)); os.replace(f.with_suffix('.tmp'), f)
+    write_json(f, rec)
     return rec
 
 def spread_table(records: list[dict]) -> str:

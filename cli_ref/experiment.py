@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from .core import ConfigMixin, load_state_checked, set_seed
+from .core import ConfigMixin, load_state_checked, set_seed, write_json
 from .data import TEXTURES, VQADataset, _shape_mask, load_shapes, scene_labels, shapes_split, SHAPES, COLORS
 from .tokenizer import IGNORE_INDEX, Tokenizer
 from .train import TrainConfig, batch_indices, build_tokenizer, lr_factor, pretrain_vit
@@ -457,7 +457,7 @@ def run_one(cfg: ExperimentConfig, tower: str, variant: str, seed: int, early_la
         m = model_file(cfg, tower, variant, seed); m.parent.mkdir(parents=True, exist_ok=True)
         save_model(model, m.with_suffix('.tmp')); os.replace(m.with_suffix('.tmp'), m)  # AMP shares the projector: save_model keeps one copy
     f = run_file(cfg, tower, variant, seed, pilot); f.parent.mkdir(parents=True, exist_ok=True)
-    f.with_suffix('.tmp').write_text(json.dumps(res, indent=1)); os.replace(f.with_suffix('.tmp'), f)
+    write_json(f, res)
     return res
 
 # %% ../nbs/15_experiment.ipynb #0a2a09cc

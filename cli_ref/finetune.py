@@ -156,6 +156,7 @@ class FinetuneConfig(ConfigMixin):
     dtype: str = 'auto'              # 'auto': bf16 on CUDA (frozen weights stored in bf16), fp32 on the CPU
     gradient_checkpointing: bool | None = None  # None: on CUDA
     compile: bool = False            # torch.compile the network that trains
+    head_chunk: int = 0              # answer rows the LM head and its loss take at a time (long answers); 0: all at once
     bad_images: str = 'error'
     seed: int = 0
     log_every: int = 10
@@ -309,10 +310,11 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, resume: bool = False, dev
 
 # %% ../nbs/18_finetune.ipynb #bfa4d220
 def memory_plan(preset: str | VLMConfig, batch: int = 1, text_tokens: int = 128, train: str = 'cli', gpus: int = 1,
-                answer_tokens: int | None = None, **overrides) -> dict:
+                answer_tokens: int | None = None, head_chunk: int = 0, **overrides) -> dict:
     """Estimated peak training memory per GPU (GB), with and without gradient checkpointing, of `finetune` at a real
     shape; the logits are those of the `answer_tokens` labelled positions (default: half the text, as `real_size_bench`
-    (17_bench) labels it), and `logits_gb_every_position` what projecting every position would add."""
+    (17_bench) labels it), at most `head_chunk` of them at once if it is given (`chunked_token_losses` (09_vlm)), and
+    `logits_gb_every_position` what projecting every position would add."""
     from cli_ref.llava import AnyResVLM
     from cli_ref.vlm import n_params, param_groups
     c = VLMConfig.preset(preset, variant='cli', **overrides) if isinstance(preset, str) else preset
@@ -333,7 +335,8 @@ def memory_plan(preset: str | VLMConfig, batch: int = 1, text_tokens: int = 128,
     agf = batch * len(c.injection_layers) * 2 * len(c.bank_layers) * s * h * 4  # z per bank
     agf += batch * len(c.bank_layers) * bank_len * (h + 2 * c.attn_dim) * 2    # banks and their keys/values
     per_row = c.llm.vocab_size * (2 + 4 + 4)                                    # bf16 logits, fp32 copy, its gradient
-    logits = batch * (text_tokens // 2 if answer_tokens is None else answer_tokens) * per_row
+    rows = batch * (text_tokens // 2 if answer_tokens is None else answer_tokens)
+    logits = (min(rows, head_chunk) if head_chunk else rows) * per_row
     gb = lambda x: x / 2 ** 30
     return dict(preset=preset if isinstance(preset, str) else '', train=train, gpus=gpus, batch=batch, params=total,
                 trained_params=n_train, cli_params=cli_n, cli_frac=cli_n / total, seq=s, bank_tokens=bank_len,

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import (append_log, latest_checkpoint, load_model_weights, load_optimizer, read_log, save_checkpoint,
                                  truncate_log)
-from .core import ConfigMixin, autocast, default_device, load_state_checked, set_seed
+from .core import ConfigMixin, autocast, default_device, load_state_checked, set_seed, write_json
 from .data import (IMAGE_TOKEN, DataError, VQADataset, VQARecord, check_images, collate, easy_vqa_image_labels, group_turns, image_transform,
                           load_easy_vqa, load_llava_json, load_shapes)
 from .plots import loss_figure, save_figure
@@ -76,6 +76,7 @@ class TrainConfig(ConfigMixin):
     log_every: int = 10
     plateau_check: float = 0.5       # after this share of an LLM stage, a family still at its prior's loss is named
     compile: bool = False            # torch.compile the model in the LLM stages (`cli_ref bench --compile` measures it)
+    head_chunk: int = 0              # answer rows the LM head and its loss take at a time (`chunked_token_losses`); 0: all
     ckpt_every: int = 200
     keep_last: int = 2
 
@@ -327,10 +328,12 @@ def batch_to(b: dict, dev) -> dict:
     return {k: {i: f.to(dev) for i, f in v.items()} if isinstance(v, dict) else v.to(dev) for k, v in b.items()}
 
 # %% ../nbs/12_train.ipynb #76268218
-def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, dev) -> tuple[float, int, dict[int, float]]:
+def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, dev, head_chunk: int = 0
+                   ) -> tuple[float, int, dict[int, float]]:
     """Forward and backward over this process's micro-batches of one global batch. The loss is the sum over the
     answer tokens of all processes divided by their number, so that any split over processes and accumulation steps
     gives the same gradient (DDP and FSDP average over processes: multiplying by `world` undoes that).
+    With `head_chunk`, the LM head and loss run that many answer rows at a time (`chunked_token_losses` (09_vlm)).
     Returns (that loss, the tokens this process read, each of its samples' mean answer loss by dataset index)."""
     n_tok = torch.tensor(float(sum((b['labels'][:, 1:] != IGNORE_INDEX).sum() for b in micro)), device=dev)
     if world > 1: dist.all_reduce(n_tok)
@@ -341,7 +344,8 @@ def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, de
         with (nullcontext() if sync else net.no_sync()):
             with autocast(dtype, dev):
                 logits = net(b.get('pixel_values'), b['input_ids'], b['attention_mask'], image_sizes=b.get('image_sizes'),
-                             labels=b['labels'], **({'features': b['features']} if 'features' in b else {}))  # answer rows only
+                             labels=b['labels'], head_chunk=head_chunk,
+                             **({'features': b['features']} if 'features' in b else {}))  # answer rows only
             ls = causal_lm_loss(logits, b['labels'], reduction='sum')
             (ls / n_tok * world).backward()
         loss_sum += ls.detach()
@@ -356,7 +360,7 @@ def optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, micro: list[dict]
     checkpoint if the loss is not finite, gradient clipping, AdamW. (loss, tokens read here, gradient norm, the
     per-sample losses of `backward_batch`)."""
     for g in opt.param_groups: g['lr'] = g['base_lr'] * lr_scale
-    loss, n, per_sample = backward_batch(net, micro, world, cfg.dtype, dev)
+    loss, n, per_sample = backward_batch(net, micro, world, cfg.dtype, dev, cfg.head_chunk)
     if not math.isfinite(loss):
         raise TrainingError(f"loss is {loss} at step {step + 1}: training stopped; the last good checkpoint is "
                             f"{latest_checkpoint(out_dir) or 'none (no checkpoint written yet)'}; lower the learning rate or check the data")
@@ -526,9 +530,7 @@ def lm_stage(run: Run, stage: dict, s_step: int, cache: FeatureCache | None, bar
     families = [r.family for r in ds.records]
     progress = Progress(run.out_dir, bar, cfg.log_every, cfg.total_steps, run.world, run.t_start, families)
     check_at = max(1, int(stage['steps'] * cfg.plateau_check))   # the stage's step after which a stalled family is named
-    if run.rank == 0:
-        tmp = run.out_dir / 'family_priors.json.tmp'; tmp.write_text(json.dumps(family_priors(ds), indent=1))
-        os.replace(tmp, run.out_dir / 'family_priors.json')
+    if run.rank == 0: write_json(run.out_dir / 'family_priors.json', family_priors(ds))
     for s_step in range(s_step, stage['steps']):
         idx = [run.pool[i] for i in batch_indices(len(run.pool), run.seen, cfg.batch_size, cfg.seed)[run.rank::run.world]]
         micro = [cache.batch(ds, idx[k::cfg.grad_accum], pad) if cache else collate([ds[i] for i in idx[k::cfg.grad_accum]], pad)

@@ -22,8 +22,8 @@ from .vit import ViTConfig, VisionTransformer
 
 # %% auto #0
 __all__ = ['OV_GRIDS', 'AnyResConfig', 'VLMConfig', 'labelled_positions', 'labelled_targets', 'per_sample', 'causal_lm_loss',
-           'sample_losses', 'shuffle_tokens', 'pool_tokens', 'VLM', 'load_shared', 'param_groups', 'perturb_zero_init',
-           'n_params', 'params_over_baseline', 'added_params']
+           'sample_losses', 'shuffle_tokens', 'pool_tokens', 'VLM', 'chunked_token_losses', 'load_shared',
+           'param_groups', 'perturb_zero_init', 'n_params', 'params_over_baseline', 'added_params']
 
 # %% ../nbs/09_vlm.ipynb #269f3a5e
 OV_GRIDS = tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7))  # LLaVA-OneVision's crop grids
@@ -144,15 +144,17 @@ def per_sample(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 'mean') -> torch.Tensor:
     """Next-token cross-entropy over positions whose label is not IGNORE_INDEX (their mean, or with 'sum' their sum),
-    from logits at every position (B, T, V) or only at `labelled_positions(labels)` (n, V), as `forward(..., labels)` gives."""
+    from logits at every position (B, T, V), only at `labelled_positions(labels)` (n, V) as `forward(..., labels)`
+    gives them, or from those positions' losses (n,) as `forward(..., labels, head_chunk=k)` gives them."""
+    if logits.dim() == 1: return logits.sum() if reduction == 'sum' else logits.mean()
     if logits.dim() == 2:
         return F.cross_entropy(logits.float(), labelled_targets(labels), reduction=reduction)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX,
                            reduction=reduction)
 
 def sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    "Each sample's mean answer-token loss (B,), from the logits at `labelled_positions(labels)` (n, V)."
-    tok = F.cross_entropy(logits.float(), labelled_targets(labels), reduction='none')   # (n,)
+    "Each sample's mean answer-token loss (B,), from the logits (n, V) or the losses (n,) at `labelled_positions(labels)`."
+    tok = logits if logits.dim() == 1 else F.cross_entropy(logits.float(), labelled_targets(labels), reduction='none')
     return per_sample(tok, labels) / (labels[:, 1:] != IGNORE_INDEX).sum(1).clamp(min=1)
 
 def shuffle_tokens(x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -231,17 +233,21 @@ def embed(self: VLM, input_ids: torch.Tensor, image_tokens) -> tuple[torch.Tenso
 # %% ../nbs/09_vlm.ipynb #1f199805
 @patch
 def forward(self: VLM, pixel_values, input_ids, attention_mask=None, image_sizes=None,
-            features: dict[int, torch.Tensor] | None = None, return_gates: bool = False, labels=None):
+            features: dict[int, torch.Tensor] | None = None, return_gates: bool = False, labels=None, head_chunk: int = 0):
     """Logits (B, T, V), or with `labels` only where the next token is labelled (n, V), what `causal_lm_loss` reads;
-    with `features`, from `vision_features`' output computed earlier (a frozen tower's feature cache); with
-    `return_gates`, (logits, the gates AGF used: one {'layer', 'alpha', 'g'} per injection layer)."""
+    with `labels` and `head_chunk`, those positions' losses (n,), the head applied `head_chunk` rows at a time
+    (`chunked_token_losses`); with `features`, from `vision_features`' output computed earlier (a frozen tower's
+    feature cache); with `return_gates`, (that output, the gates AGF used: one {'layer', 'alpha', 'g'} per injection layer)."""
     encoded = self.project_features(features) if features is not None else self.encode_image(pixel_values, image_sizes)
     tokens, banks, bank_mask = encoded
     x, vis = self.embed(input_ids, tokens)
     state = self.injector.prepare(banks, bank_mask, vis)
-    logits = self.llm(inputs_embeds=x, attention_mask=attention_mask, inject=self.injector.hook(state),
-                      logits_at=None if labels is None else labelled_positions(labels))
-    return (logits, state.gates if state else []) if return_gates else logits
+    if labels is not None and head_chunk:
+        h = self.llm.hidden(inputs_embeds=x, attention_mask=attention_mask, inject=self.injector.hook(state))
+        out = chunked_token_losses(h[labelled_positions(labels)], self.llm.lm_head, labelled_targets(labels), head_chunk)
+    else: out = self.llm(inputs_embeds=x, attention_mask=attention_mask, inject=self.injector.hook(state),
+                         logits_at=None if labels is None else labelled_positions(labels))
+    return (out, state.gates if state else []) if return_gates else out
 
 @patch
 def forward_features(self: VLM, feats: dict[int, torch.Tensor], input_ids, attention_mask=None, return_gates: bool = False,
@@ -263,6 +269,14 @@ def generate(self: VLM, pixel_values, input_ids, attention_mask=None, max_new_to
     ids = lm_generate(self.llm, inputs_embeds=x, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                       inject=self.injector.hook(state), **kw)
     return (ids, state.gates if state else []) if return_gates else ids
+
+# %% ../nbs/09_vlm.ipynb #71bb1454
+def chunked_token_losses(h: torch.Tensor, head: nn.Module, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Cross-entropy of `head(h)` against `targets` per row (n,), `chunk` rows at a time; each chunk's logits are
+    recomputed in the backward pass (activation checkpointing), so no more than (chunk, V) logits live at once."""
+    def losses(h_c, t_c): return F.cross_entropy(head(h_c).float(), t_c, reduction='none')
+    return torch.cat([torch.utils.checkpoint.checkpoint(losses, h[i:i + chunk], targets[i:i + chunk], use_reentrant=False)
+                      for i in range(0, len(h), chunk)])
 
 # %% ../nbs/09_vlm.ipynb #401dcaba
 def load_shared(dst: nn.Module, src: nn.Module) -> nn.Module:

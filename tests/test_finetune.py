@@ -12,7 +12,7 @@ from cli_ref.finetune import (FinetuneConfig, base_tokenizer, finetune, load_bas
                               tiny_llava_checkpoint, toy_llava_data)
 from cli_ref.llava import attach_cli, load_adapter, load_llava, save_adapter
 from cli_ref.tokenizer import IGNORE_INDEX
-from cli_ref.checkpoints import latest_checkpoint
+from cli_ref.checkpoints import latest_checkpoint, read_log
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 CLI = shutil.which('cli_ref')
@@ -84,6 +84,17 @@ def test_gradient_checkpointing_changes_nothing(world, tmp_path):
     a, _ = finetune(config(world, 'llava', train='cli+llm', steps=3, gradient_checkpointing=False), tmp_path / 'a', progress=False)
     b, _ = finetune(config(world, 'llava', train='cli+llm', steps=3, gradient_checkpointing=True), tmp_path / 'b', progress=False)
     assert max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters())) < 1e-6
+
+def test_head_in_chunks_changes_nothing(world, tmp_path, monkeypatch):
+    import cli_ref.vlm
+    chunks, plain = [], cli_ref.vlm.chunked_token_losses
+    monkeypatch.setattr(cli_ref.vlm, 'chunked_token_losses', lambda h, head, t, k: chunks.append((len(h), k)) or plain(h, head, t, k))
+    a, _ = finetune(config(world, 'onevision', train='cli+llm', steps=3, log_every=1), tmp_path / 'a', progress=False)
+    b, _ = finetune(config(world, 'onevision', train='cli+llm', steps=3, log_every=1, head_chunk=3), tmp_path / 'b', progress=False)
+    la, lb = ([r['loss'] for r in read_log(tmp_path / d) if 'loss' in r] for d in 'ab')
+    assert len(la) == 3 and len(chunks) == 3 and all(n > k == 3 for n, k in chunks)   # one call a step, longer than a chunk
+    assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-5
+    assert max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters())) < 1e-5
 
 def cli_args(world, kind, train, out, steps=3, extra=()):
     return ['train', '--base', str(world[kind]), '--data', str(world['train']), '--test-data', str(world['test']),

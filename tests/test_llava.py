@@ -68,6 +68,10 @@ def test_memory_plan_on_meta():
     full, sharded = memory_plan('llava15_7b', train='cli+llm'), memory_plan('llava15_7b', train='cli+llm', gpus=8)
     assert full['trained_params'] > 0.9 * full['params'] and full['peak_gb'] > 5 * sharded['peak_gb']
 
+def test_memory_plan_counts_one_chunk_of_logits():
+    whole, chunked = (memory_plan('ov_0_5b', text_tokens=8192, answer_tokens=4096, head_chunk=k) for k in (0, 512))
+    assert abs(whole['logits_gb'] / chunked['logits_gb'] - 8) < 1e-9 and whole['peak_gb'] - chunked['peak_gb'] > 4
+
 # --- LLaVA-OneVision: SigLIP + Qwen2, AnyRes crops, unpadding, image newline ---
 import numpy as np
 import torch.nn.functional as F
