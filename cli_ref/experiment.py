@@ -73,6 +73,7 @@ class ExperimentConfig(ConfigMixin):
     families: tuple = ('count', 'largest_shape', 'largest_color', 'leftmost_color', 'texture', 'shape')  # asked of every image (05_data)
     endpoint_families: tuple = ()  # the primary endpoint is the mean accuracy over these (empty: every family asked)
     pilot_why: str = ''            # why the pilot chose `steps`, `lr` and `endpoint_families` (written into repro.json)
+    min_gap: float = 6.0           # points of router - best single (validation) some tower's map must show before the grid runs
     seeds: tuple = (0, 1, 2, 3, 4)  # the confirmatory seeds; an arm with n seeds in `ARMS` runs the first n
     towers: tuple = ('natural', 'bottleneck')
     out: str = 'runs/experiment'   # towers and feature caches (large, not committed)
@@ -83,7 +84,7 @@ class ExperimentConfig(ConfigMixin):
         # the whole protocol at toy sizes in about a minute: a test of the machinery, not of the claim
         'quick': dict(train_images=300, test_images=60, probe_images=150, curriculum_images=50, tower_steps=4, bottleneck_steps=4, steps=4,
                       curriculum_steps=2, batch_size=16, warmup_steps=1, val_images=60, pilot_steps=4, eval_every=2,
-                      attention_probe_steps=20),
+                      attention_probe_steps=20, min_gap=0.0),
     }
 
     def __post_init__(self):
@@ -789,14 +790,18 @@ def prepare(cfg: ExperimentConfig) -> dict:
 
 def experiment(cfg: ExperimentConfig, lanes: int = 2, stage: str = 'all') -> dict:
     """The whole protocol, each part resumable: towers, caches and probes; the pilot (layer map); the diagnostics;
-    the confirmatory grid (`stage='pilot'` stops before the grid); returns (and writes) `repro.json`."""
+    the confirmatory grid, only if some tower's layer map shows a gap of `min_gap` (`stage='pilot'` stops before
+    it); returns (and writes) `repro.json`."""
     t0 = time.perf_counter()
     prepare(cfg)
     t_prep = time.perf_counter() - t0
     p = pilot(cfg, lanes)
     f = Path(cfg.results) / 'diagnostics.json'
     if not f.exists(): f.write_text(json.dumps(diagnostics(cfg), indent=1))
-    grid_s = run_lanes(cfg, grid_jobs(cfg, p['decision']), 0, lanes) if stage == 'all' else 0.0
+    registered = max(d['gap'] for d in p['decision'].values()) >= cfg.min_gap
+    if stage == 'all' and not registered:
+        print(f"no tower's layer map shows a router - best single gap of {cfg.min_gap:g} points: the grid is not registered")
+    grid_s = run_lanes(cfg, grid_jobs(cfg, p['decision']), 0, lanes) if stage == 'all' and registered else 0.0
     f = Path(cfg.results) / 'timing.json'
     prev = json.loads(f.read_text()) if f.exists() else {}
     f.write_text(json.dumps(dict(prepare_s=t_prep, pilot_wall_s_all_calls=prev.get('pilot_wall_s_all_calls', 0) + p['wall_s'],

@@ -161,3 +161,18 @@ def test_trim_padding_keeps_every_real_token():
 def test_quick_preset_is_small():
     q = ExperimentConfig.preset('quick')
     assert q.steps < 10 and q.train_images <= 300 and q.probe_images <= q.train_images
+
+
+@pytest.mark.parametrize('gap,runs', [(2.5, False), (6.5, True)])
+def test_the_grid_runs_only_when_the_map_shows_the_gap(tmp_path, monkeypatch, capsys, gap, runs):
+    import cli_ref.experiment as ex
+    (tmp_path / 'diagnostics.json').write_text('{}')
+    grid_calls = []
+    monkeypatch.setattr(ex, 'prepare', lambda cfg: {})
+    monkeypatch.setattr(ex, 'pilot', lambda cfg, lanes: {'decision': {'natural': {'gap': 1.0}, 'bottleneck': {'gap': gap}}, 'wall_s': 0.0})
+    monkeypatch.setattr(ex, 'grid_jobs', lambda cfg, decision: [('bottleneck', 'cli', 0)])
+    monkeypatch.setattr(ex, 'run_lanes', lambda cfg, jobs, early, lanes: grid_calls.append(jobs) or 0.0)
+    monkeypatch.setattr(ex, 'report', lambda cfg: {})
+    ex.experiment(ExperimentConfig(results=str(tmp_path), out=str(tmp_path)), stage='all')
+    assert bool(grid_calls) == runs
+    assert ('the grid is not registered' in capsys.readouterr().out) != runs
