@@ -12,6 +12,7 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .core import write_json
 from .data import DataError, check_images
 from .evaluate import ask, evaluate, format_results, load_run, majority_accuracy, run_report, spread_run, spread_table
 from .experiment import ExperimentConfig, experiment, load_runs, prepare, report, summary_table
@@ -194,7 +195,7 @@ def bench_cmd(args) -> None:
         path = Path(args.results) / 'loss_check.json'
         runs = json.loads(path.read_text()) if path.exists() else []
         runs = [r for r in runs if r['commit'] != res['commit']] + [res]
-        path.parent.mkdir(parents=True, exist_ok=True); path.write_text(json.dumps(runs, indent=1))
+        path.parent.mkdir(parents=True, exist_ok=True); write_json(path, runs)   # every earlier record is kept: never half a file
         same = [r['commit'] for r in runs[:-1] if r['losses'] == res['losses']]
         print(f"{len(res['losses'])} losses at {res['commit']}: " + ', '.join(f'{x:.6f}' for x in res['losses'][:4]) + ' ...')
         print(f"bit-identical to: {', '.join(same) or 'none of the recorded commits'} ({path})")

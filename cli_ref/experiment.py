@@ -181,7 +181,7 @@ def build_towers(cfg: ExperimentConfig) -> dict[str, dict]:
         tower_file(cfg, name).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, tower_file(cfg, name))
         info[name] = dict(file=str(tower_file(cfg, name)), final_global_loss=float(np.mean(losses[-50:])))
-    f.write_text(json.dumps(info, indent=1))
+    write_json(f, info)
     return info
 
 def load_tower(cfg: ExperimentConfig, name: str) -> VisionTransformer:
@@ -540,7 +540,7 @@ def summarise_pilot(cfg: ExperimentConfig, wall_s: float = 0.0) -> dict:
                seconds_per_step={f"{r['tower']}/{r['variant']}": r['seconds_per_step'] for r in runs},
                wall_s=wall_s, machine=machine())
     f = Path(cfg.results) / 'pilot.json'; f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps(out, indent=1))
+    write_json(f, out)
     if any(lmap.values()): save_figure(plot_layer_map(lmap, fams), Path(cfg.results) / 'layer_map.png')
     return out
 
@@ -785,7 +785,7 @@ def prepare(cfg: ExperimentConfig) -> dict:
     f = Path(cfg.results) / 'probes.json'
     if f.exists(): return json.loads(f.read_text())
     probes = dict(probe_towers(cfg), towers=towers)
-    f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(probes, indent=1))
+    f.parent.mkdir(parents=True, exist_ok=True); write_json(f, probes)
     return probes
 
 def experiment(cfg: ExperimentConfig, lanes: int = 2, stage: str = 'all') -> dict:
@@ -797,15 +797,15 @@ def experiment(cfg: ExperimentConfig, lanes: int = 2, stage: str = 'all') -> dic
     t_prep = time.perf_counter() - t0
     p = pilot(cfg, lanes)
     f = Path(cfg.results) / 'diagnostics.json'
-    if not f.exists(): f.write_text(json.dumps(diagnostics(cfg), indent=1))
+    if not f.exists(): write_json(f, diagnostics(cfg))
     registered = max(d['gap'] for d in p['decision'].values()) >= cfg.min_gap
     if stage == 'all' and not registered:
         print(f"no tower's layer map shows a router - best single gap of {cfg.min_gap:g} points: the grid is not registered")
     grid_s = run_lanes(cfg, grid_jobs(cfg, p['decision']), 0, lanes) if stage == 'all' and registered else 0.0
     f = Path(cfg.results) / 'timing.json'
     prev = json.loads(f.read_text()) if f.exists() else {}
-    f.write_text(json.dumps(dict(prepare_s=t_prep, pilot_wall_s_all_calls=prev.get('pilot_wall_s_all_calls', 0) + p['wall_s'],
-                                 grid_wall_s_all_calls=prev.get('grid_wall_s_all_calls', 0) + grid_s, lanes=lanes, machine=machine()), indent=1))
+    write_json(f, dict(prepare_s=t_prep, pilot_wall_s_all_calls=prev.get('pilot_wall_s_all_calls', 0) + p['wall_s'],
+                       grid_wall_s_all_calls=prev.get('grid_wall_s_all_calls', 0) + grid_s, lanes=lanes, machine=machine()))
     return report(cfg)
 
 # %% ../nbs/15_experiment.ipynb #ef879f42
@@ -829,7 +829,7 @@ def report(cfg: ExperimentConfig) -> dict:
                runs=[dict({k: r[k] for k in ('tower', 'variant', 'seed', 'local', 'global', 'families', 'params_added', 'seconds_per_step')},
                           arm=arms_of[r['tower'], r['variant'], r['seed']]) for r in runs],
                hypotheses=hypotheses(runs, cfg, p), timing=timing)
-    (out / 'repro.json').write_text(json.dumps(res, indent=1))
+    write_json(out / 'repro.json', res)
     if runs: save_figure(plot_arms(A, list(cfg.endpoint_families), p['decision']), out / 'repro.png')
     save_figure(plot_probes(probes), out / 'probes.png')
     return res

@@ -343,14 +343,14 @@ def backward_batch(net: nn.Module, micro: list[dict], world: int, dtype: str, de
         sync = k == len(micro) - 1 or not hasattr(net, 'no_sync')  # DDP: all-reduce once, after the last micro-batch
         with (nullcontext() if sync else net.no_sync()):
             with autocast(dtype, dev):
-                logits = net(b.get('pixel_values'), b['input_ids'], b['attention_mask'], image_sizes=b.get('image_sizes'),
-                             labels=b['labels'], head_chunk=head_chunk,
-                             **({'features': b['features']} if 'features' in b else {}))  # answer rows only
-            ls = causal_lm_loss(logits, b['labels'], reduction='sum')
+                out = net(b.get('pixel_values'), b['input_ids'], b['attention_mask'], image_sizes=b.get('image_sizes'),
+                          labels=b['labels'], head_chunk=head_chunk,
+                          **({'features': b['features']} if 'features' in b else {}))  # answer rows: logits, or losses
+            ls = causal_lm_loss(out, b['labels'], reduction='sum')
             (ls / n_tok * world).backward()
         loss_sum += ls.detach()
         tokens += int(b['attention_mask'].sum())
-        per_sample.update(zip(b['index'].tolist(), sample_losses(logits.detach(), b['labels']).tolist()))
+        per_sample.update(zip(b['index'].tolist(), sample_losses(out.detach(), b['labels']).tolist()))
     if world > 1: dist.all_reduce(loss_sum)
     return (loss_sum / n_tok).item(), tokens, per_sample
 

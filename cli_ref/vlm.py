@@ -242,11 +242,11 @@ def forward(self: VLM, pixel_values, input_ids, attention_mask=None, image_sizes
     tokens, banks, bank_mask = encoded
     x, vis = self.embed(input_ids, tokens)
     state = self.injector.prepare(banks, bank_mask, vis)
-    if labels is not None and head_chunk:
-        h = self.llm.hidden(inputs_embeds=x, attention_mask=attention_mask, inject=self.injector.hook(state))
-        out = chunked_token_losses(h[labelled_positions(labels)], self.llm.lm_head, labelled_targets(labels), head_chunk)
-    else: out = self.llm(inputs_embeds=x, attention_mask=attention_mask, inject=self.injector.hook(state),
-                         logits_at=None if labels is None else labelled_positions(labels))
+    hook, at = self.injector.hook(state), None if labels is None else labelled_positions(labels)
+    if at is not None and head_chunk:
+        h = self.llm.hidden(inputs_embeds=x, attention_mask=attention_mask, inject=hook)[at]
+        out = chunked_token_losses(h, self.llm.lm_head, labelled_targets(labels), head_chunk)
+    else: out = self.llm(inputs_embeds=x, attention_mask=attention_mask, inject=hook, logits_at=at)
     return (out, state.gates if state else []) if return_gates else out
 
 @patch
