@@ -354,7 +354,7 @@ def shapes_split(split: str = 'train', n: int | None = None, detail: str = 'coar
         stem.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(stem.with_suffix('.tmp.npz'), images=images)
         os.replace(stem.with_suffix('.tmp.npz'), stem.with_suffix('.npz'))
-        stem.with_suffix('.json').write_text(json.dumps(scenes))
+        write_json(stem.with_suffix('.json'), scenes)
     return images, scenes
 
 # %% ../nbs/05_data.ipynb #dc7afc17
