@@ -32,8 +32,8 @@ __all__ = ['GRID', 'ARMS', 'ARM_VARIANT', 'T95', 'ExperimentConfig', 'pixels', '
            'run_file', 'model_file', 'run_one', 'run_lanes', 'pilot_jobs', 'layer_map', 'layer_map_table', 'router_gap',
            'summarise_pilot', 'pilot', 'AttentionProbe', 'attention_probe_accuracy', 'load_pilot_model',
            'marker_diagnostics', 'position_diagnostics', 'diagnostics', 'single_layer_variant', 'grid_jobs',
-           'load_runs', 'paired', 'bootstrap_ci', 'arm_runs', 'hypotheses', 'summary_table', 'families_of', 'machine',
-           'prepare', 'experiment', 'report']
+           'grid_registered', 'load_runs', 'paired', 'bootstrap_ci', 'arm_runs', 'hypotheses', 'summary_table',
+           'families_of', 'machine', 'prepare', 'experiment', 'report']
 
 # %% ../nbs/15_experiment.ipynb #2bf89936
 GRID = {  # variant name -> VLMConfig overrides
@@ -659,6 +659,10 @@ def grid_jobs(cfg: ExperimentConfig, decision: dict) -> list[tuple[str, str, int
                 jobs += [(t, v, seed) for v in vs if (t, v, seed) not in jobs]
     return jobs
 
+def grid_registered(cfg: ExperimentConfig, decision: dict) -> bool:
+    "Whether some tower's layer map shows a router - best single gap of `cfg.min_gap` points: only then does the grid run."
+    return max(d['gap'] for d in decision.values()) >= cfg.min_gap
+
 def load_runs(cfg: ExperimentConfig) -> list[dict]:
     "Every finished confirmatory run's result in `cfg.results/runs/`."
     return [json.loads(f.read_text()) for f in sorted((Path(cfg.results) / 'runs').glob('*.json'))]
@@ -743,7 +747,11 @@ def hypotheses(runs: list[dict], cfg: ExperimentConfig, pilot_out: dict) -> dict
     ok4 = ok and full('natural', 'cli') and full('natural', 'best-single')
     out['P4'] = dict(held=bool(nat['mean'] <= p1['mean'] - 2) if ok4 else None, natural_cli_minus_best_single=nat,
                      bottleneck_cli_minus_best_single=p1['mean'])
-    out['decision'] = ('at this scale, which layer the connector reads matters; many-to-many does not beat the best one-to-one'
+    gaps = ', '.join(f"{t} {d['gap']:+.1f}" for t, d in dec.items())
+    out['decision'] = (f'not registered: the layer maps show router - best single gaps of {gaps} points, under the '
+                       f'{cfg.min_gap:g} fixed before they ran; these questions give many-to-many too little to do, so no grid runs'
+                       if not grid_registered(cfg, dec) else
+                       'at this scale, which layer the connector reads matters; many-to-many does not beat the best one-to-one'
                        if out['P0']['held'] and out['P1']['held'] is False else
                        'many-to-many beats the best one-to-one' if out['P1']['held'] else 'open: runs missing, or P0 failed')
     return out
@@ -798,7 +806,7 @@ def experiment(cfg: ExperimentConfig, lanes: int = 2, stage: str = 'all') -> dic
     p = pilot(cfg, lanes)
     f = Path(cfg.results) / 'diagnostics.json'
     if not f.exists(): write_json(f, diagnostics(cfg))
-    registered = max(d['gap'] for d in p['decision'].values()) >= cfg.min_gap
+    registered = grid_registered(cfg, p['decision'])
     if stage == 'all' and not registered:
         print(f"no tower's layer map shows a router - best single gap of {cfg.min_gap:g} points: the grid is not registered")
     grid_s = run_lanes(cfg, grid_jobs(cfg, p['decision']), 0, lanes) if stage == 'all' and registered else 0.0
@@ -815,6 +823,7 @@ def report(cfg: ExperimentConfig) -> dict:
     out, runs = Path(cfg.results), load_runs(cfg)
     read = lambda name: json.loads((out / name).read_text()) if (out / name).exists() else {}
     probes, p, timing = read('probes.json'), read('pilot.json'), read('timing.json')
+    timing.setdefault('pilot_wall_s_all_calls', p.get('wall_s'))   # a map driven from a script wrote no timing.json
     A = arm_runs(runs, cfg, p['decision'])
     timing['seconds_per_step'] = {f'{t}/{a}': float(np.mean([r['seconds_per_step'] for r in rs.values()]))
                                   for t, arms in A.items() for a, rs in arms.items()}

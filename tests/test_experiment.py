@@ -83,8 +83,8 @@ def test_answer_position():
 
 
 FAMS = ('count', 'largest_shape', 'leftmost_color', 'texture', 'marker')
-DECISION = {'bottleneck': dict(best_single=0, router=dict(count=5, largest_shape=0, leftmost_color=0, texture=0, marker=0)),
-            'natural': dict(best_single=0, router={f: 0 for f in FAMS})}
+DECISION = {'bottleneck': dict(best_single=0, router=dict(count=5, largest_shape=0, leftmost_color=0, texture=0, marker=0), gap=6.5),
+            'natural': dict(best_single=0, router={f: 0 for f in FAMS}, gap=0.0)}
 
 
 def _run(tower, variant, seed, acc, layer=None, alpha=None, clamped=None):
@@ -127,6 +127,8 @@ def test_hypotheses_follow_their_definitions():
     low = hypotheses(_grid(-0.08), cfg, pilot)   # cli 8 points below each family's better layer: worse than block 0
     assert low['P1']['held'] is False and low['decision'].startswith('at this scale')
     assert low['P2']['cli_minus_own_best_single_per_family']['texture'] == pytest.approx(-8 - 0.2)
+    unregistered = dict(pilot, decision={t: {**d, 'gap': 2.5} for t, d in DECISION.items()})
+    assert hypotheses(runs, cfg, unregistered)['decision'].startswith('not registered: the layer maps show router - best single gaps of bottleneck +2.5')
 
 
 def test_hypotheses_wait_for_their_runs():
