@@ -20,7 +20,7 @@ from .finetune import FinetuneConfig, finetune, load_finetuned, make_base_datase
 from .train import (DATASETS, Interrupted, TrainConfig, TrainingError, llava_split, load_data, make_dataset,
                            plateau_lines, train)
 from .injectors import VARIANTS
-from .plots import save_figure
+from .plots import save_figure, spread_figure
 from .vlm import VLMConfig
 
 # %% auto #0
@@ -55,8 +55,8 @@ def _given(args, **defaults) -> dict:
 # %% ../nbs/14_commands.ipynb #4c829dcb
 def train_cmd(args) -> None:
     if args.base: return finetune_cmd(args)
-    vit_steps = args.vit_steps if args.vit_steps is not None else 0 if args.data else TrainConfig.vit_steps
-    d = TrainConfig
+    d = TrainConfig.preset('own-data' if args.data else 'main-job')
+    vit_steps = args.vit_steps if args.vit_steps is not None else d.vit_steps
     o = _given(args, steps=d.instruct_steps, vision_lr=d.vision_lr, batch_size=d.batch_size, ckpt_every=d.ckpt_every,
                lr=d.lr, new_lr=d.new_lr, vit_lr=d.vit_lr, warmup=d.warmup)
     if args.data and not vit_steps and not o['vision_lr']:
@@ -186,6 +186,8 @@ def spread_cmd(args) -> None:
                   + f"), {rec['wall_s']:.0f} s", flush=True)
             records.append(rec)
     print(spread_table(records))
+    for kind in args.sets:   # each set's training curves, a line per seed (11_plots)
+        print(f"curves: {save_figure(spread_figure([r for r in records if r['kind'] == kind]), Path(args.results) / f'{kind}-curves.png')}")
 
 # %% ../nbs/14_commands.ipynb #8f2a482e
 def bench_cmd(args) -> None:
@@ -207,19 +209,19 @@ def bench_cmd(args) -> None:
         if not args.quick:  # quick mode tests the code; its numbers are not measurements
             name = ''.join(ch if ch.isalnum() else '_' for ch in res['machine']['device'].lower()).strip('_')
             path = Path(args.results) / f'bench_realsize_{name}.json'
-            path.parent.mkdir(parents=True, exist_ok=True); path.write_text(json.dumps(res, indent=1))
+            path.parent.mkdir(parents=True, exist_ok=True); write_json(path, res)
             print(f"written to {path}")
         return
     if args.images:
         rows = image_check_speed()
         out = Path(args.results); out.mkdir(parents=True, exist_ok=True)
-        (out / 'image_check.json').write_text(json.dumps(dict(machine=f"{platform.machine()}, {os.cpu_count()} CPUs", rows=rows), indent=1))
+        write_json(out / 'image_check.json', dict(machine=f"{platform.machine()}, {os.cpu_count()} CPUs", rows=rows))
         for r in rows: print(f"{r['image']:<14} workers {r['workers']}: {r['images_per_s']:,.0f} images/s")
         return
     res = run_bench(presets=tuple(args.presets), dtypes=tuple(args.dtypes), batch=args.batch_size, device=args.device,
                     compile=args.compile)
     out = Path(args.results); out.mkdir(parents=True, exist_ok=True)
-    (out / 'bench.json').write_text(json.dumps(res, indent=1))
+    write_json(out / 'bench.json', res)
     print(format_bench(res))
 
 # %% ../nbs/14_commands.ipynb #92eb6bef
@@ -248,9 +250,10 @@ def _base_args(t) -> None:
     f.add_argument('--max-new-tokens', type=int, default=32, help='longest generated answer when scoring (default 32)')
 
 # %% ../nbs/14_commands.ipynb #3e90236b
-_RATES = [('--vit-steps', TrainConfig.vit_steps, '-', 'stage 0: the tower on image-level labels (easy-vqa, shapes)'),
+_OWN = TrainConfig.presets['own-data']   # the recipe for --data (12_train)
+_RATES = [('--vit-steps', TrainConfig.vit_steps, '-', f"stage 0: the tower on image-level labels (easy-vqa, shapes; {_OWN['vit_steps']} with --data)"),
           ('--vit-lr', TrainConfig.vit_lr, '-', 'stage 0: the tower'),
-          ('--steps', TrainConfig.instruct_steps, 'one epoch', 'the instruct stage (with --base, the only stage)'),
+          ('--steps', TrainConfig.instruct_steps, 'one epoch', f"the instruct stage ({_OWN['instruct_steps']} with --data; with --base, the only stage)"),
           ('--lr', TrainConfig.lr, '-', 'instruct stage: the LLM and the projector'),
           ('--new-lr', TrainConfig.new_lr, '-', 'instruct stage: AMP and AGF'),
           ('--cli-lr', '-', FinetuneConfig.cli_lr, 'AMP and AGF on the base'),
@@ -269,7 +272,8 @@ def _train_parser(sub, common) -> None:
     _data_args(t, 'easy-vqa')
     t.add_argument('--variant', choices=VARIANTS, default='cli', help='model variant (default cli)')
     t.add_argument('--preset', choices=sorted(VLMConfig.presets), default='tiny', help='model size (default tiny)')
-    t.add_argument('--steps', type=int, help=f'instruct-stage steps (default {TrainConfig.instruct_steps}; with --base: one epoch)')
+    t.add_argument('--steps', type=int, help=f"instruct-stage steps (default {TrainConfig.instruct_steps}; with --data: "
+                   f"{_OWN['instruct_steps']}; with --base: one epoch)")
     t.add_argument('--vit-steps', type=int, help=f'stage 0: pretrain the tower on image-level labels, then freeze it '
                    f'(default {TrainConfig.vit_steps} for easy-vqa and shapes; LLaVA-format data has no labels: 0)')
     t.add_argument('--vision-lr', type=float, help=f'tower learning rate in the instruct stage; 0 keeps it frozen, as LLaVA-1.5 '

@@ -118,7 +118,7 @@ def evaluate(model, tok, records, tcfg, out: str | Path | None = None, **kw) -> 
     res = {**score(records, preds), 'answers': {r.id: p for r, p in zip(records, preds)}}
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / 'eval.json').write_text(json.dumps(res, indent=1))
+        write_json(Path(out) / 'eval.json', res)
     return res
 
 # %% ../nbs/13_evaluate.ipynb #887ed4f4
@@ -145,13 +145,18 @@ def ask(model: VLM, tok: Tokenizer, image, question: str, tcfg: TrainConfig,
 def spread_run(kind: str, seed: int, root: str | Path = 'runs/spread', results: str | Path = 'data/results/spread',
                n_train: int = 4000, n_test: int = 500, progress: bool = False, **overrides) -> dict:
     """One seed of the default recipe on the generated set `kind` (written once under `root`), scored on its test file;
-    its record is written to `results/<kind>-s<seed>.json` (atomically) and returned, or read if it exists."""
-    f = Path(results) / f'{kind}-s{seed}.json'
-    if f.exists(): return json.loads(f.read_text())
-    data = Path(root) / kind
+    its record is written to `results/<kind>-s<seed>.json` (atomically) and returned, or read if it exists and was
+    measured with the same recipe (a record of another recipe is an error: it is never silently reused or replaced)."""
+    f, data = Path(results) / f'{kind}-s{seed}.json', Path(root) / kind
+    cfg = TrainConfig.preset('own-data', data=str(data / 'train.json'), test_data=str(data / 'test.json'),
+                             image_folder=str(data / 'images'), seed=seed, **overrides)
+    recipe = {k: v for k, v in cfg.to_dict().items() if k not in ('model', 'data', 'test_data', 'image_folder')}
+    if f.exists():
+        rec = json.loads(f.read_text())
+        diff = [f"{k}: {rec['config'][k]} in the record, {v} now" for k, v in recipe.items() if rec['config'].get(k, v) != v]
+        if diff: raise ValueError(f"{f} was measured with another recipe ({'; '.join(diff)}); move it away or choose another results folder")
+        return rec
     if not (data / 'test.json').exists(): write_llava_set(kind, data, n_train, n_test)
-    cfg = TrainConfig(dataset='llava', data=str(data / 'train.json'), test_data=str(data / 'test.json'),
-                      image_folder=str(data / 'images'), vit_steps=0, seed=seed, **overrides)
     out, t0 = Path(root) / f'{kind}-s{seed}', time.perf_counter()
     if out.exists(): shutil.rmtree(out)   # an unfinished run starts again: the record is what counts
     model, tok = train(cfg, out, progress=progress)

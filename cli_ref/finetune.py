@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .core import ConfigMixin, default_device
+from .core import ConfigMixin, default_device, write_json
 from .data import VQADataset, VQARecord, collate, save_llava_json
 from .llava import (anyres_transform, attach_cli, checkpoint_folder, clip_transform, load_adapter, load_llava,
                            n_anyres_tokens)
@@ -267,7 +267,7 @@ def _prepare(model: VLM, cfg: FinetuneConfig, dev: torch.device, world: int):
 def _write_header(cfg: FinetuneConfig, out_dir: Path, model: VLM, opt, ds, steps: int, step: int, where: str) -> None:
     "config.json into the run folder, the log cut back to the checkpoint, and what will be trained."
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / 'config.json').write_text(json.dumps({'finetune': cfg.to_dict(), 'model': model.cfg.to_dict()}, indent=1))
+    write_json(out_dir / 'config.json', {'finetune': cfg.to_dict(), 'model': model.cfg.to_dict()})
     truncate_log(out_dir, step)
     n_train = sum(p.numel() for g in opt.param_groups for p in g['params'])
     print(f"training {cfg.train} on {cfg.base} ({base_family(model.cfg)}): {len(ds):,} samples "

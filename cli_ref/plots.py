@@ -14,7 +14,7 @@ from .injectors import VARIANTS, AGFInjector, DeepStack, DenseInput
 
 # %% auto #0
 __all__ = ['plot_architecture', 'gate_heatmap', 'gate_strip', 'plot_alpha', 'plot_gates', 'loss_figure', 'report_figure',
-           'save_figure', 'plot_probes', 'plot_layer_map', 'plot_arms']
+           'save_figure', 'spread_figure', 'plot_probes', 'plot_layer_map', 'plot_arms']
 
 # %% ../nbs/11_plots.ipynb #af10a66a
 def plot_architecture(cfg, ax=None, title: str | None = None):
@@ -134,6 +134,27 @@ def save_figure(fig, path: str | Path) -> Path:
     "Write `fig` to `path` and free it (a figure left open keeps its memory until the process ends)."
     fig.savefig(path); plt.close(fig)
     return Path(path)
+
+# %% ../nbs/11_plots.ipynb #b854d8fd
+def spread_figure(records: list[dict], smooth: int = 10):
+    "Per family of one set's records: each seed's answer loss (running mean over `smooth` log records), the no-image level dashed."
+    level = records[0]['no_image_level']
+    fams = [f for f in sorted(records[0]['families']) if level.get(f, 0) > 0]
+    fig, axs = plt.subplots(1, len(fams), figsize=(2.8 * len(fams), 2.6), dpi=80, squeeze=False)
+    for ax, f in zip(axs[0], fams):
+        for r in sorted(records, key=lambda r: r['seed']):
+            steps, loss = zip(*[(s, d[f]) for s, d in r['family_loss'] if f in d])
+            k = min(smooth, len(loss))
+            ax.plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, 'valid'), lw=0.9,
+                    label=f"seed {r['seed']}: {100 * r['families'][f]:.0f}%")
+        ax.axhline(level[f], color='k', ls='--', lw=0.8)
+        ax.set_ylim(0, 1.6 * level[f]); ax.set_title(f, fontsize=9); ax.set_xlabel('step', fontsize=8)
+        ax.tick_params(labelsize=7); ax.legend(fontsize=6)
+    axs[0][0].set_ylabel('answer loss (training)', fontsize=8)
+    fig.suptitle(f"{records[0]['kind']}: {len(records)} seeds, test accuracy per seed in the legend", fontsize=9)
+    fig.tight_layout()
+    return fig
+
 
 # %% ../nbs/11_plots.ipynb #1f72fd7b
 def plot_probes(probes: dict):

@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -79,6 +80,12 @@ class TrainConfig(ConfigMixin):
     head_chunk: int = 0              # answer rows the LM head and its loss take at a time (`chunked_token_losses`); 0: all
     ckpt_every: int = 200
     keep_last: int = 2
+
+    presets: ClassVar[dict] = {
+        'main-job': {},   # easy-VQA, the defaults above
+        # LLaVA-format data: no image-level labels for stage 0, and a longer instruct stage (why: "Your own data" below)
+        'own-data': dict(dataset='llava', vit_steps=0, instruct_steps=3200),
+    }
 
     def __post_init__(self):
         if isinstance(self.model, str): self.model = VLMConfig.preset(self.model)
@@ -291,7 +298,7 @@ def readable_records(records, policy: str, out_dir: Path, main_process: bool = T
     records, bad = check_images(records, policy, progress=progress and main_process)
     if bad and main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / 'skipped_images.json').write_text(json.dumps(bad, indent=1))
+        write_json(out_dir / 'skipped_images.json', bad)
         print(f"skipped {len(bad)} record(s) with unreadable images (listed in {out_dir / 'skipped_images.json'})")
     return records
 
@@ -429,7 +436,7 @@ def _write_header(run: Run) -> None:
     cfg, mcfg, out_dir = run.cfg, run.model.cfg, run.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     run.tok.save(out_dir / 'tokenizer.json')
-    (out_dir / 'config.json').write_text(json.dumps({'model': mcfg.to_dict(), 'train': cfg.to_dict()}, indent=1))
+    write_json(out_dir / 'config.json', {'model': mcfg.to_dict(), 'train': cfg.to_dict()})
     truncate_log(out_dir, run.step)
     restated = sum(r.family == 'restate' for r in run.ds.records)
     extra = f", {restated:,} of them restating a named word" if restated else ''
@@ -487,12 +494,13 @@ def plateau_lines(run_dir: str | Path, since: int = 0, below: float = 0.1) -> li
             f"question alone {priors[f]:.3f})" for f, l in seen.items() if priors[f] > 0 and l >= (1 - below) * priors[f]]
 
 def plateau_exits(run_dir: str | Path, below: float = 0.1) -> dict[str, int | None]:
-    "Per family: the first logged step from which its answer loss stays `below` under its no-image level (None: never)."
+    """Per family: the first logged step from which its answer loss stays `below` under its no-image level (None: never).
+    A family answered exactly from the question alone (level 0, e.g. restating a named word) has no plateau: left out."""
     priors = json.loads((Path(run_dir) / 'family_priors.json').read_text())
     log, out = [r for r in read_log(run_dir) if 'family_loss' in r], {}
-    for f, level in priors.items():
+    for f, level in ((f, l) for f, l in priors.items() if l > 0):
         under = [(r['step'], r['family_loss'][f] < (1 - below) * level) for r in log if f in r['family_loss']]
-        out[f] = next((s for i, (s, _) in enumerate(under) if all(u for _, u in under[i:])), None) if level > 0 else None
+        out[f] = next((s for i, (s, _) in enumerate(under) if all(u for _, u in under[i:])), None)
     return out
 
 # %% ../nbs/12_train.ipynb #125d1911

@@ -267,5 +267,7 @@ def test_spread_run_records_a_seed_and_resumes(tmp_path):
     rec = spread_run('quadrants', 3, **kw)
     assert set(rec['families']) == {'count', 'has_shape', 'quadrant_color'} and rec['seed'] == 3
     assert set(rec['plateau_exit']) >= {'count', 'quadrant_color'} and rec['family_loss']
-    assert spread_run('quadrants', 3, **{**kw, 'instruct_steps': 999}) == rec     # recorded: read, not rerun
+    assert spread_run('quadrants', 3, **kw) == rec                  # recorded: read, not rerun (the same wall time)
+    with pytest.raises(ValueError, match='instruct_steps: 4 in the record, 999 now'):   # another recipe: never reused
+        spread_run('quadrants', 3, **{**kw, 'instruct_steps': 999})
     assert 'best - worst' in spread_table([rec])
