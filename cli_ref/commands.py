@@ -56,14 +56,13 @@ def _given(args, **defaults) -> dict:
 def train_cmd(args) -> None:
     if args.base: return finetune_cmd(args)
     d = TrainConfig.preset('own-data' if args.data else 'main-job')
-    vit_steps = args.vit_steps if args.vit_steps is not None else d.vit_steps
-    o = _given(args, steps=d.instruct_steps, vision_lr=d.vision_lr, batch_size=d.batch_size, ckpt_every=d.ckpt_every,
+    o = _given(args, vit_steps=d.vit_steps, steps=d.instruct_steps, vision_lr=d.vision_lr, batch_size=d.batch_size, ckpt_every=d.ckpt_every,
                lr=d.lr, new_lr=d.new_lr, vit_lr=d.vit_lr, warmup=d.warmup)
-    if args.data and not vit_steps and not o['vision_lr']:
+    if args.data and not o['vit_steps'] and not o['vision_lr']:
         print(f"{args.data} has no image-level labels for stage 0: the tower keeps its random initialisation, frozen (on two "
               f"sets this beat training it end to end with the LLM: RESULTS.md, 'Your own data'; --vision-lr 5e-4 trains it)")
     cfg = TrainConfig(model=VLMConfig.preset(args.preset, variant=args.variant), instruct_steps=o['steps'],
-                      vit_steps=vit_steps, vision_lr=o['vision_lr'], align_steps=args.align_steps, batch_size=o['batch_size'], turns=args.turns,
+                      vit_steps=o['vit_steps'], vision_lr=o['vision_lr'], align_steps=args.align_steps, batch_size=o['batch_size'], turns=args.turns,
                       balance=args.balance, restate=args.restate, lr=o['lr'], new_lr=o['new_lr'], vit_lr=o['vit_lr'], warmup=o['warmup'],
                       seed=args.seed, dtype=args.dtype, ckpt_every=o['ckpt_every'], compile=args.compile, head_chunk=args.head_chunk,
                       **_dataset_fields(args))
