@@ -150,7 +150,7 @@ def spread_run(kind: str, seed: int, root: str | Path = 'runs/spread', results: 
     f, data = Path(results) / f'{kind}-s{seed}.json', Path(root) / kind
     cfg = TrainConfig.preset('own-data', data=str(data / 'train.json'), test_data=str(data / 'test.json'),
                              image_folder=str(data / 'images'), seed=seed, **overrides)
-    recipe = {k: v for k, v in cfg.to_dict().items() if k not in ('model', 'data', 'test_data', 'image_folder')}
+    recipe = {k: v for k, v in cfg.to_dict().items() if k not in ('data', 'test_data', 'image_folder')}
     if f.exists():
         rec = json.loads(f.read_text())
         diff = [f"{k}: {rec['config'][k]} in the record, {v} now" for k, v in recipe.items() if rec['config'].get(k, v) != v]
@@ -168,7 +168,7 @@ def spread_run(kind: str, seed: int, root: str | Path = 'runs/spread', results: 
                plateau_exit=plateau_exits(out), family_loss=[[r['step'], r['family_loss']] for r in log],
                no_image_level=json.loads((out / 'family_priors.json').read_text()), wall_s=time.perf_counter() - t0,
                threads=torch.get_num_threads(), machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-               config={k: v for k, v in cfg.to_dict().items() if k != 'model'})
+               config=cfg.to_dict())
     f.parent.mkdir(parents=True, exist_ok=True)
     write_json(f, rec)
     return rec
