@@ -11,14 +11,15 @@ from typing import ClassVar, Sequence
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
+from timm.layers import build_sincos2d_pos_embed
 from torch import nn
 
 from .core import ConfigMixin, load_state_checked
 from .layers import ACTIVATIONS, MLP, attention
 
 # %% auto #0
-__all__ = ['PatchEmbed', 'ViTAttention', 'Block', 'ViTConfig', 'resample_pos_embed', 'resolve_indices', 'VisionTransformer',
-           'vit_config_from_hf', 'convert_hf_vision_state', 'load_hf_vision']
+__all__ = ['PatchEmbed', 'ViTAttention', 'Block', 'ViTConfig', 'resample_pos_embed', 'init_pos_embed', 'resolve_indices',
+           'VisionTransformer', 'vit_config_from_hf', 'convert_hf_vision_state', 'load_hf_vision']
 
 # %% ../nbs/02_vit.ipynb #e737f796
 class PatchEmbed(nn.Module):
@@ -77,6 +78,7 @@ class ViTConfig(ConfigMixin):
     pos_antialias: bool = False    # other image sizes: resample position embeddings with antialiasing (timm's
                                    # dynamic_img_size) or without (transformers' interpolate_pos_encoding, LLaVA's)
     n_classes: int = 0             # 0 = no classification head
+    pos_init: str = 'normal'       # position embedding at init: 'normal' (N(0, 0.02²), timm's) or 'sincos' (MAE's fixed 2-D one)
     image_mean: tuple = (0.5, 0.5, 0.5)
     image_std: tuple = (0.5, 0.5, 0.5)
 
@@ -115,6 +117,14 @@ def resample_pos_embed(pos: torch.Tensor, new_grid: int, n_prefix: int = 0, anti
     grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1).to(pos.dtype)
     return torch.cat([prefix, grid_pos], 1)
 
+# %% ../nbs/02_vit.ipynb #51ce858a
+def init_pos_embed(cfg: ViTConfig) -> torch.Tensor:
+    "The position table at init (1, n_prefix + grid², D), as `cfg.pos_init` says."
+    if cfg.pos_init == 'normal': return torch.randn(1, cfg.n_prefix + cfg.n_patches, cfg.dim) * 0.02
+    if cfg.pos_init != 'sincos': raise ValueError(f"pos_init must be 'normal' or 'sincos', not {cfg.pos_init!r}")
+    grid = build_sincos2d_pos_embed([cfg.grid, cfg.grid], dim=cfg.dim)
+    return torch.cat([torch.zeros(cfg.n_prefix, cfg.dim), grid])[None]
+
 # %% ../nbs/02_vit.ipynb #7332778d
 def resolve_indices(indices: int | Sequence[int] | None, depth: int) -> list[int]:
     "timm's index rule -> sorted, non-negative block indices."
@@ -134,7 +144,7 @@ class VisionTransformer(nn.Module):
         D = cfg.dim
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, D, bias=cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
-        self.pos_embed = nn.Parameter(torch.randn(1, cfg.n_prefix + cfg.n_patches, D) * 0.02)
+        self.pos_embed = nn.Parameter(init_pos_embed(cfg))
         self.norm_pre = nn.LayerNorm(D, eps=cfg.eps) if cfg.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(Block(D, cfg.n_heads, cfg.mlp_dim, cfg.act, cfg.qkv_bias, cfg.eps)
                                     for _ in range(cfg.depth))

@@ -3,6 +3,8 @@
 RUNS holds the set (`quadrants/`, as `spread_run` writes it) and the runs `quadrants-s<seed>/` (checkpoint, eval.json);
 writes OUT (default data/results/spread/place_diagnostics.json):
 - errors: of the wrong `quadrant_color` answers, how many name the colour of another object in the image;
+- position share: the share of a token's feature variance that its place explains (the variance of the per-place
+  means over all tokens' variance), at every layer the model reads;
 - position probe: a linear probe (L-BFGS, 3/4 of the tokens to fit, 1/4 to score) reading a pooled image token's place
   (one of 16) from the frozen tower's features, at every layer the model reads;
 - gates: AGF's mean weight over the vision layers (alpha) and its strength g on the first answer token, per injection
@@ -43,17 +45,19 @@ def diagnose(runs: Path, seed: int, scenes, train_recs, test_recs) -> dict:
     T = image_transform(v.image_size, v.image_mean, v.image_std)
     with torch.no_grad():
         feats = model.vision_features(torch.stack([T(Image.open(r.image).convert('RGB')) for r in train_recs]))
-    probe = {}
+    probe, share = {}, {}
     for k, f in feats.items():
         B, N, D = f.shape
         probe[k] = probe_accuracy(f.reshape(B * N, D), torch.arange(N).repeat(B), N)
+        mean = f.mean((0, 1))
+        share[k] = ((f.mean(0) - mean).pow(2).sum(-1).mean() / (f - mean).pow(2).sum(-1).mean()).item()
     alpha, g = [], []
     for _, r in qc[:40]:
         o = ask(model, tok, r.image, r.turns[0][0], cfg)
         if 'alpha' in o: alpha.append(o['alpha']); g.append([row[0] for row in o['g']])
     return dict(seed=seed, variant=model.cfg.variant, quadrant_color=1 - len(wrong) / len(qc), wrong=len(wrong),
                 wrong_colour_in_image=sum(p in [o['color'] for o in scenes[i]] for i, p in wrong),
-                position_probe={str(k): a for k, a in probe.items()},
+                position_share={str(k): a for k, a in share.items()}, position_probe={str(k): a for k, a in probe.items()},
                 alpha=np.mean(alpha, 0).tolist() if alpha else None, g_first_answer_token=np.mean(g, 0).tolist() if g else None)
 
 if __name__ == '__main__':
