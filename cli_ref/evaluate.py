@@ -180,7 +180,7 @@ def spread_table(records: list[dict]) -> str:
         rs = sorted((r for r in records if r['kind'] == kind), key=lambda r: r['seed'])
         fams = sorted({f for r in rs for f in r['families']})
         cols = lambda r: [100 * r['accuracy']] + [100 * r['families'].get(f, float('nan')) for f in fams]
-        lines += [f'| {kind} | all | ' + ' | '.join(fams) + ' | plateau left (step) |', '|---|---|' + '---|' * (len(fams) + 2)]
+        lines += [f'| {kind} | all | ' + ' | '.join(fams) + ' | plateau left (step) |', '|---|---|' + '---|' * (len(fams) + 1)]
         lines += [f"| seed {r['seed']} | " + ' | '.join(f'{x:.1f}' for x in cols(r)) + ' | ' +
                   ', '.join(f"{f} {s if s is not None else 'never'}" for f, s in sorted(r['plateau_exit'].items())) + ' |' for r in rs]
         table = np.array([cols(r) for r in rs])
