@@ -61,7 +61,9 @@ def train_cmd(args) -> None:
     if args.data and not o['vit_steps'] and not o['vision_lr']:
         print(f"{args.data} has no image-level labels for stage 0: the tower keeps its random initialisation, frozen (on two "
               f"sets this beat training it end to end with the LLM: RESULTS.md, 'Your own data'; --vision-lr 5e-4 trains it)")
-    cfg = TrainConfig(model=VLMConfig.preset(args.preset, variant=args.variant), instruct_steps=o['steps'],
+    model = VLMConfig.preset(args.preset, variant=args.variant)
+    model.vit.pos_init = args.pos_init
+    cfg = TrainConfig(model=model, instruct_steps=o['steps'],
                       vit_steps=o['vit_steps'], vision_lr=o['vision_lr'], align_steps=args.align_steps, batch_size=o['batch_size'], turns=args.turns,
                       balance=args.balance, restate=args.restate, lr=o['lr'], new_lr=o['new_lr'], vit_lr=o['vit_lr'], warmup=o['warmup'],
                       seed=args.seed, dtype=args.dtype, ckpt_every=o['ckpt_every'], compile=args.compile, head_chunk=args.head_chunk,
@@ -271,6 +273,9 @@ def _train_parser(sub, common) -> None:
     _data_args(t, 'easy-vqa')
     t.add_argument('--variant', choices=VARIANTS, default='cli', help='model variant (default cli)')
     t.add_argument('--preset', choices=sorted(VLMConfig.presets), default='tiny', help='model size (default tiny)')
+    t.add_argument('--pos-init', choices=['normal', 'sincos'], default='normal',
+                   help="the tower's position table at init (02_vit): 'sincos' lets a random tower (--data) tell places apart, "
+                        "at a cost to counting and texture (RESULTS.md, 'R4')")
     t.add_argument('--steps', type=int, help=f"instruct-stage steps (default {TrainConfig.instruct_steps}; with --data: "
                    f"{_OWN['instruct_steps']}; with --base: one epoch)")
     t.add_argument('--vit-steps', type=int, help=f'stage 0: pretrain the tower on image-level labels, then freeze it '

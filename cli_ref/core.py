@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #1c1c4216
 from __future__ import annotations
-import dataclasses, json, os, random, typing
+import copy, dataclasses, json, os, random, typing
 from pathlib import Path
 from typing import ClassVar
 
@@ -39,10 +39,10 @@ class ConfigMixin:
 
     @classmethod
     def preset(cls, name: str, **overrides):
-        "The preset `name` with `overrides` applied."
+        "The preset `name` (a copy: a config it holds is never shared) with `overrides` applied."
         if name not in cls.presets:
             raise ValueError(f"unknown {cls.__name__} preset {name!r}; choose one of {sorted(cls.presets)}")
-        return cls(**{**cls.presets[name], **overrides})
+        return cls(**{**copy.deepcopy(cls.presets[name]), **overrides})
 
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 
@@ -65,6 +65,17 @@ class ConfigMixin:
 
     @classmethod
     def from_json(cls, s: str): return cls.from_dict(json.loads(s))
+
+    def changes_from(self, saved: dict, where: str, skip=()) -> str:
+        """'key: saved in `where`, now's now; ...' for each field that differs from `saved` (a config as a JSON file
+        holds it; nested configs by their dotted keys; a key one side lacks shows as absent), '' if none."""
+        def diff(a, b, key):
+            if isinstance(a, dict) and isinstance(b, dict):
+                for k in sorted(set(a) | set(b)):
+                    if not (key == '' and k in skip): yield from diff(a.get(k), b.get(k), key + k + '.')
+            elif a != b: yield key[:-1], a, b
+        show = lambda v: 'absent' if v is None else json.dumps(v)[:40]
+        return '; '.join(f"{k}: {show(a)} in {where}, {show(b)} now" for k, a, b in diff(saved, json.loads(self.to_json()), ''))
 
 # %% ../nbs/00_core.ipynb #6d69aa28
 def load_state_checked(model: nn.Module, sd: dict[str, torch.Tensor], source: str = 'state dict',

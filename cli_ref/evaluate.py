@@ -150,11 +150,10 @@ def spread_run(kind: str, seed: int, root: str | Path = 'runs/spread', results: 
     f, data = Path(results) / f'{kind}-s{seed}.json', Path(root) / kind
     cfg = TrainConfig.preset('own-data', data=str(data / 'train.json'), test_data=str(data / 'test.json'),
                              image_folder=str(data / 'images'), seed=seed, **overrides)
-    recipe = {k: v for k, v in cfg.to_dict().items() if k not in ('data', 'test_data', 'image_folder')}
     if f.exists():
         rec = json.loads(f.read_text())
-        diff = [f"{k}: {rec['config'][k]} in the record, {v} now" for k, v in recipe.items() if rec['config'].get(k, v) != v]
-        if diff: raise ValueError(f"{f} was measured with another recipe ({'; '.join(diff)}); move it away or choose another results folder")
+        diff = cfg.changes_from(rec['config'], 'the record', skip=('data', 'test_data', 'image_folder'))
+        if diff: raise ValueError(f"{f} was measured with another recipe ({diff}); move it away or choose another results folder")
         return rec
     if not (data / 'test.json').exists(): write_llava_set(kind, data, n_train, n_test)
     out, t0 = Path(root) / f'{kind}-s{seed}', time.perf_counter()
@@ -168,7 +167,7 @@ def spread_run(kind: str, seed: int, root: str | Path = 'runs/spread', results: 
                plateau_exit=plateau_exits(out), family_loss=[[r['step'], r['family_loss']] for r in log],
                no_image_level=json.loads((out / 'family_priors.json').read_text()), wall_s=time.perf_counter() - t0,
                threads=torch.get_num_threads(), machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-               config=cfg.to_dict())
+               config=json.loads(cfg.to_json()))
     f.parent.mkdir(parents=True, exist_ok=True)
     write_json(f, rec)
     return rec

@@ -283,11 +283,8 @@ def check_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> Path | None:
     if not resume:
         raise TrainingError(f"{out_dir} already holds checkpoints ({ckpt.name}); pass --resume to continue that run, "
                             f"or choose another --output")
-    saved, now = json.loads((ckpt / 'state.json').read_text())['config'], json.loads(cfg.to_json())
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if diff:
-        show = lambda v: 'absent' if v is None else json.dumps(v)[:40]
-        what = '; '.join(f"{k}: {show(saved.get(k))} in the run, {show(now.get(k))} now" for k in diff)
+    what = cfg.changes_from(json.loads((ckpt / 'state.json').read_text())['config'], 'the run')
+    if what:
         raise TrainingError(f"{ckpt} was written with another config ({what}); to continue it, pass the options it was "
                             f"started with (its config is in {ckpt / 'state.json'}); to start anew, choose another --output")
     return ckpt

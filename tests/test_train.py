@@ -156,8 +156,10 @@ def test_unusual_valid_images_and_text_train(tmp_path):
                                                               {'from': 'gpt', 'value': ['grün', 'rot', 'blå', '绿'][i % 4]}]}
             for i, name in enumerate(list(ims) * 5)]
     (tmp_path / 'd.json').write_text(json.dumps(recs, ensure_ascii=False), encoding='utf-8')
-    r = run(['--data', str(tmp_path / 'd.json'), '--image-folder', str(tmp_path / 'img'), '--steps', '2', '--output', str(tmp_path / 'run')])
+    r = run(['--data', str(tmp_path / 'd.json'), '--image-folder', str(tmp_path / 'img'), '--steps', '2', '--output', str(tmp_path / 'run'),
+             '--pos-init', 'sincos'])
     assert r.returncode == 0 and 'test accuracy' in r.stdout, r.stderr[-500:]
+    assert json.loads((tmp_path / 'run' / 'config.json').read_text())['model']['vit']['pos_init'] == 'sincos'   # the option reached the tower
 
 def test_feature_cache_gives_the_pixel_path_exactly(tmp_path):
     "The instruct stage reads the frozen tower's output from `FeatureCache`: the same features, the same logits."
@@ -270,4 +272,7 @@ def test_spread_run_records_a_seed_and_resumes(tmp_path):
     assert spread_run('quadrants', 3, **kw) == rec                  # recorded: read, not rerun (the same wall time)
     with pytest.raises(ValueError, match='instruct_steps: 4 in the record, 999 now'):   # another recipe: never reused
         spread_run('quadrants', 3, **{**kw, 'instruct_steps': 999})
+    from cli_ref.vlm import VLMConfig
+    with pytest.raises(ValueError, match='model.variant: "cli" in the record, "baseline" now'):   # another model: another recipe
+        spread_run('quadrants', 3, **{**kw, 'model': VLMConfig.preset('tiny', variant='baseline')})
     assert 'best - worst' in spread_table([rec])
