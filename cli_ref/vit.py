@@ -78,7 +78,7 @@ class ViTConfig(ConfigMixin):
     pos_antialias: bool = False    # other image sizes: resample position embeddings with antialiasing (timm's
                                    # dynamic_img_size) or without (transformers' interpolate_pos_encoding, LLaVA's)
     n_classes: int = 0             # 0 = no classification head
-    pos_init: str = 'normal'       # position embedding at init: 'normal' (N(0, 0.02²), timm's) or 'sincos' (MAE's fixed 2-D one)
+    pos_init: str = 'normal'       # position table at init: 'normal' (N(0, 0.02²), timm's) or 'sincos' (the 2-D sin-cos table MAE keeps fixed)
     image_mean: tuple = (0.5, 0.5, 0.5)
     image_std: tuple = (0.5, 0.5, 0.5)
 
@@ -98,6 +98,7 @@ class ViTConfig(ConfigMixin):
         if self.pool not in ('avg', 'token'): raise ValueError(f"pool must be 'avg' or 'token', got {self.pool!r}")
         if self.pool == 'token' and not self.class_token: raise ValueError("pool='token' needs class_token=True")
         if self.act not in ACTIVATIONS: raise ValueError(f"unknown act {self.act!r}; choose one of {list(ACTIVATIONS)}")
+        if self.pos_init not in ('normal', 'sincos'): raise ValueError(f"pos_init must be 'normal' or 'sincos', got {self.pos_init!r}")
 
     @property
     def grid(self) -> int: return self.image_size // self.patch_size
@@ -121,7 +122,6 @@ def resample_pos_embed(pos: torch.Tensor, new_grid: int, n_prefix: int = 0, anti
 def init_pos_embed(cfg: ViTConfig) -> torch.Tensor:
     "The position table at init (1, n_prefix + grid², D), as `cfg.pos_init` says."
     if cfg.pos_init == 'normal': return torch.randn(1, cfg.n_prefix + cfg.n_patches, cfg.dim) * 0.02
-    if cfg.pos_init != 'sincos': raise ValueError(f"pos_init must be 'normal' or 'sincos', not {cfg.pos_init!r}")
     grid = build_sincos2d_pos_embed([cfg.grid, cfg.grid], dim=cfg.dim)
     return torch.cat([torch.zeros(cfg.n_prefix, cfg.dim), grid])[None]
 
