@@ -21,6 +21,7 @@ from .train import (DATASETS, Interrupted, TrainConfig, TrainingError, llava_spl
                            plateau_lines, train)
 from .injectors import VARIANTS
 from .plots import save_figure, spread_figure
+from .vit import POS_INITS
 from .vlm import VLMConfig
 
 # %% auto #0
@@ -273,7 +274,7 @@ def _train_parser(sub, common) -> None:
     _data_args(t, 'easy-vqa')
     t.add_argument('--variant', choices=VARIANTS, default='cli', help='model variant (default cli)')
     t.add_argument('--preset', choices=sorted(VLMConfig.presets), default='tiny', help='model size (default tiny)')
-    t.add_argument('--pos-init', choices=['normal', 'sincos'], default='normal',
+    t.add_argument('--pos-init', choices=POS_INITS, default='normal',
                    help="the tower's position table at init (02_vit): 'sincos' lets a random tower (--data) tell places apart, "
                         "at a cost to counting and texture (RESULTS.md, 'R4')")
     t.add_argument('--steps', type=int, help=f"instruct-stage steps (default {TrainConfig.instruct_steps}; with --data: "

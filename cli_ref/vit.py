@@ -18,8 +18,8 @@ from .core import ConfigMixin, load_state_checked
 from .layers import ACTIVATIONS, MLP, attention
 
 # %% auto #0
-__all__ = ['PatchEmbed', 'ViTAttention', 'Block', 'ViTConfig', 'resample_pos_embed', 'init_pos_embed', 'resolve_indices',
-           'VisionTransformer', 'vit_config_from_hf', 'convert_hf_vision_state', 'load_hf_vision']
+__all__ = ['POS_INITS', 'PatchEmbed', 'ViTAttention', 'Block', 'ViTConfig', 'resample_pos_embed', 'init_pos_embed',
+           'resolve_indices', 'VisionTransformer', 'vit_config_from_hf', 'convert_hf_vision_state', 'load_hf_vision']
 
 # %% ../nbs/02_vit.ipynb #e737f796
 class PatchEmbed(nn.Module):
@@ -59,6 +59,8 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 # %% ../nbs/02_vit.ipynb #d8240bff
+POS_INITS = ('normal', 'sincos')   # how the position table starts (`init_pos_embed`)
+
 @dataclass
 class ViTConfig(ConfigMixin):
     image_size: int = 64
@@ -98,7 +100,7 @@ class ViTConfig(ConfigMixin):
         if self.pool not in ('avg', 'token'): raise ValueError(f"pool must be 'avg' or 'token', got {self.pool!r}")
         if self.pool == 'token' and not self.class_token: raise ValueError("pool='token' needs class_token=True")
         if self.act not in ACTIVATIONS: raise ValueError(f"unknown act {self.act!r}; choose one of {list(ACTIVATIONS)}")
-        if self.pos_init not in ('normal', 'sincos'): raise ValueError(f"pos_init must be 'normal' or 'sincos', got {self.pos_init!r}")
+        if self.pos_init not in POS_INITS: raise ValueError(f"pos_init must be one of {POS_INITS}, got {self.pos_init!r}")
 
     @property
     def grid(self) -> int: return self.image_size // self.patch_size
