@@ -8,14 +8,17 @@ import json, os, shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .core import load_state_checked
+from .vit import ViTConfig
 
 # %% auto #0
-__all__ = ['unique_tensors', 'write_checkpoint', 'save_checkpoint', 'latest_checkpoint', 'upgrade_name', 'upgrade_state',
-           'load_model_weights', 'load_optimizer', 'append_log', 'read_log', 'truncate_log']
+__all__ = ['TOWER_DIR', 'PRETRAINED_TOWERS', 'unique_tensors', 'write_checkpoint', 'save_checkpoint', 'latest_checkpoint',
+           'upgrade_name', 'upgrade_state', 'load_model_weights', 'load_optimizer', 'save_tower', 'tower_path',
+           'read_tower', 'append_log', 'read_log', 'truncate_log']
 
 # %% ../nbs/10_checkpoints.ipynb #afc54393
 def unique_tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -96,6 +99,39 @@ def load_optimizer(opt: torch.optim.Optimizer, ckpt: Path, state: dict) -> None:
         st.setdefault(int(i), {})[name] = v
     groups = [{**g, 'params': og['params']} for g, og in zip(state['opt_groups'], osd['param_groups'])]
     opt.load_state_dict({'state': st, 'param_groups': groups})
+
+# %% ../nbs/10_checkpoints.ipynb #59e795af
+TOWER_DIR = Path(__file__).parent / 'towers'         # the towers that ship with the package
+PRETRAINED_TOWERS = {'tiny': TOWER_DIR / 'glyphs-tiny.safetensors'}   # ViT preset -> its pretrained tower
+
+def save_tower(vit: nn.Module, path: str | Path, made_by: dict) -> Path:
+    "The tower's weights and config (and `made_by`, a JSON-able record of how) into `path`, through a temporary file."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    save_file(unique_tensors(vit.state_dict()), tmp, metadata={'vit_config': vit.cfg.to_json(), 'made_by': json.dumps(made_by)})
+    os.replace(tmp, path)
+    return path
+
+def tower_path(name: str, vit_cfg: ViTConfig) -> Path:
+    "'pretrained' -> the shipped tower for `vit_cfg`'s size; anything else is a file path."
+    if name != 'pretrained': return Path(name)
+    preset = next((k for k in PRETRAINED_TOWERS if ViTConfig.preset(k).changes_from(vit_cfg.to_dict(), 'x', skip=('pos_init',)) == ''), None)
+    if preset is None: raise ValueError(f"no pretrained tower ships for this ViT (dim {vit_cfg.dim}, depth {vit_cfg.depth}); make one with "
+                                        f"`cli_ref pretrain-tower` and pass its file to --tower")
+    return PRETRAINED_TOWERS[preset]
+
+def read_tower(path: str | Path, vit_cfg: ViTConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    "(state dict, how it was made) of a tower file, after checking that it was made for `vit_cfg` (its position init aside)."
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"no tower file at {path}")
+    try:
+        with safe_open(path, 'pt') as f: meta = f.metadata() or {}
+        sd = load_file(path)
+        saved, made_by = json.loads(meta['vit_config']), json.loads(meta.get('made_by', '{}'))
+    except Exception as e: raise ValueError(f"{path} is not a tower file (safetensors with its ViT config): {type(e).__name__}: {e}") from None
+    diff = vit_cfg.changes_from(saved, path.name, skip=('pos_init',))
+    if diff: raise ValueError(f"{path} was made for another ViT ({diff})")
+    return sd, made_by
 
 # %% ../nbs/10_checkpoints.ipynb #6134a4d0
 def append_log(run_dir: Path, rec: dict) -> None:

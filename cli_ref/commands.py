@@ -12,7 +12,8 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .core import write_json
+from .checkpoints import read_tower, tower_path
+from .core import set_seed, write_json
 from .data import DataError, check_images
 from .evaluate import ask, evaluate, format_results, load_run, majority_accuracy, run_report, spread_run, spread_table
 from .experiment import ExperimentConfig, experiment, load_runs, prepare, report, summary_table
@@ -21,12 +22,13 @@ from .train import (DATASETS, Interrupted, TrainConfig, TrainingError, llava_spl
                            plateau_lines, train)
 from .injectors import VARIANTS
 from .plots import save_figure, spread_figure
-from .vit import POS_INITS
+from .tower import TowerConfig, pretrain_tower, probe_blocks, probe_table
+from .vit import POS_INITS, VisionTransformer
 from .vlm import VLMConfig
 
 # %% auto #0
-__all__ = ['RATES', 'train_cmd', 'finetune_cmd', 'eval_cmd', 'ask_cmd', 'experiment_cmd', 'spread_cmd', 'bench_cmd',
-           'build_parser', 'main']
+__all__ = ['SPREAD_TOWERS', 'RATES', 'train_cmd', 'finetune_cmd', 'eval_cmd', 'ask_cmd', 'experiment_cmd', 'spread_cmd',
+           'pretrain_tower_cmd', 'bench_cmd', 'build_parser', 'main']
 
 # %% ../nbs/14_commands.ipynb #5c4c725a
 def _data_args(p: argparse.ArgumentParser, default_dataset: str | None):
@@ -59,15 +61,21 @@ def train_cmd(args) -> None:
     d = TrainConfig.preset('own-data' if args.data else 'main-job')
     o = _given(args, vit_steps=d.vit_steps, steps=d.instruct_steps, vision_lr=d.vision_lr, batch_size=d.batch_size, ckpt_every=d.ckpt_every,
                lr=d.lr, new_lr=d.new_lr, vit_lr=d.vit_lr, warmup=d.warmup)
-    if args.data and not o['vit_steps'] and not o['vision_lr']:
-        print(f"{args.data} has no image-level labels for stage 0: the tower keeps its random initialisation, frozen (on two "
-              f"sets this beat training it end to end with the LLM: RESULTS.md, 'Your own data'; --vision-lr 5e-4 trains it)")
     model = VLMConfig.preset(args.preset, variant=args.variant)
     model.vit.pos_init = args.pos_init
+    tower = '' if (args.tower or d.tower) == 'random' else args.tower or d.tower
+    if tower:
+        path = tower_path(tower, model.vit)
+        made = read_tower(path, model.vit)[1]
+        seen = f"pretrained on {made['images']:,} generated images (19_tower)" if 'images' in made else 'a tower file'
+        print(f"tower: {path}, {seen}; " + ('then trained at --vision-lr' if o['vision_lr'] else 'frozen') + " (--tower random: a random one)")
+    elif args.data and not o['vit_steps'] and not o['vision_lr']:
+        print(f"tower: random and frozen ({args.data} has no image-level labels for stage 0; --tower pretrained starts from one "
+              f"that has seen 192,000 generated images)")
     cfg = TrainConfig(model=model, instruct_steps=o['steps'],
                       vit_steps=o['vit_steps'], vision_lr=o['vision_lr'], align_steps=args.align_steps, batch_size=o['batch_size'], turns=args.turns,
                       balance=args.balance, restate=args.restate, lr=o['lr'], new_lr=o['new_lr'], vit_lr=o['vit_lr'], warmup=o['warmup'],
-                      seed=args.seed, dtype=args.dtype, ckpt_every=o['ckpt_every'], compile=args.compile, head_chunk=args.head_chunk,
+                      seed=args.seed, tower=tower, dtype=args.dtype, ckpt_every=o['ckpt_every'], compile=args.compile, head_chunk=args.head_chunk,
                       **_dataset_fields(args))
     out = Path(args.output or f"runs/{cfg.dataset}-{args.variant}-{args.preset}-seed{args.seed}")
     t0 = time.perf_counter()
@@ -178,18 +186,36 @@ def experiment_cmd(args) -> None:
     print(f"results in {cfg.results}: repro.json, repro.png, layer_map.png, pilot.json, diagnostics.json, runs/")
 
 # %% ../nbs/14_commands.ipynb #1c2bd2e4
+SPREAD_TOWERS = {'pretrained': ('runs/spread-pretrained', 'data/results/spread/pretrained'), 'random': ('runs/spread', 'data/results/spread')}
+
 def spread_cmd(args) -> None:
     "`cli_ref spread`: seeds of the default recipe on generated sets, one record each (`spread_run` (13_evaluate))."
+    out, results = (a or d for a, d in zip((args.output, args.results), SPREAD_TOWERS[args.tower]))
     records = []
     for kind in args.sets:
         for seed in args.seeds:
-            rec = spread_run(kind, seed, args.output, args.results, args.train_images)
+            rec = spread_run(kind, seed, out, results, args.train_images, tower='' if args.tower == 'random' else args.tower)
             print(f"{kind} seed {seed}: {rec['accuracy']:.1%} (" + ', '.join(f'{f} {a:.1%}' for f, a in sorted(rec['families'].items()))
                   + f"), {rec['wall_s']:.0f} s", flush=True)
             records.append(rec)
     print(spread_table(records))
     for kind in args.sets:   # each set's training curves, a line per seed (11_plots)
-        print(f"curves: {save_figure(spread_figure([r for r in records if r['kind'] == kind]), Path(args.results) / f'{kind}-curves.png')}")
+        print(f"curves: {save_figure(spread_figure([r for r in records if r['kind'] == kind]), Path(results) / f'{kind}-curves.png')}")
+
+def pretrain_tower_cmd(args) -> None:
+    "`cli_ref pretrain-tower`: `pretrain_tower` (19_tower), then its probes per block beside a random tower's."
+    cfg = TowerConfig.preset(args.vit, seed=args.seed, **({'steps': args.steps} if args.steps else {}))
+    if args.quick: cfg = TowerConfig.preset(args.vit, seed=args.seed, steps=args.steps or 6, batch_size=8, log_every=2, ckpt_every=3)
+    out, t0 = Path(args.output), time.perf_counter()
+    vit = pretrain_tower(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet).cpu()
+    wall = time.perf_counter() - t0
+    print(f"tower pretrained on {cfg.steps * cfg.batch_size:,} corpus images in {wall / 60:.1f} min: {out / 'tower.safetensors'}")
+    n = (200, 100) if args.quick else (3000, 1000)
+    set_seed(cfg.seed)   # the random tower: the same init the pretrained one started from
+    probes = {'random': probe_blocks(VisionTransformer(cfg.vit), *n), 'pretrained': probe_blocks(vit, *n)}
+    write_json(out / 'probes.json', dict(probes=probes, n_train=n[0], n_test=n[1], pretrain_wall_s=wall, threads=torch.get_num_threads()))
+    print("linear probes on each block's quadrant means, held-out glyph scenes (%):\n" + probe_table(probes))
+    print(f"use it: cli_ref train --data FILE.json --tower {out / 'tower.safetensors'}")
 
 # %% ../nbs/14_commands.ipynb #8f2a482e
 def bench_cmd(args) -> None:
@@ -277,6 +303,9 @@ def _train_parser(sub, common) -> None:
     t.add_argument('--pos-init', choices=POS_INITS, default='normal',
                    help="the tower's position table at init (02_vit): 'sincos' lets a random tower (--data) tell places apart, "
                         "at a cost to counting and texture (RESULTS.md, 'R4')")
+    t.add_argument('--tower', metavar='pretrained|random|FILE', help="where the tower starts: 'pretrained' (the one that ships, "
+                   "pretrained on 192,000 generated images: 19_tower; the default with --data), 'random' (the default for the named "
+                   "sets, whose stage 0 trains it), or a file from `cli_ref pretrain-tower`")
     t.add_argument('--steps', type=int, help=f"instruct-stage steps (default {TrainConfig.instruct_steps}; with --data: "
                    f"{_OWN['instruct_steps']}; with --base: one epoch)")
     t.add_argument('--vit-steps', type=int, help=f'stage 0: pretrain the tower on image-level labels, then freeze it '
@@ -357,13 +386,29 @@ def _experiment_parser(sub, common) -> None:
 def _spread_parser(sub, common) -> None:
     "`cli_ref spread`."
     s = sub.add_parser('spread', parents=[common], help='seeds of the default recipe on generated LLaVA-format sets (resumable)')
-    s.add_argument('--sets', nargs='+', default=['bars', 'shapes', 'quadrants'], choices=('bars', 'shapes', 'quadrants'),
-                   help='generated sets (default all three; written once under --output)')
+    s.add_argument('--sets', nargs='+', default=['bars', 'shapes', 'quadrants', 'text'], choices=('bars', 'shapes', 'quadrants', 'text'),
+                   help='generated sets (default all four; written once under --output)')
+    s.add_argument('--tower', choices=sorted(SPREAD_TOWERS), default='pretrained',
+                   help='the tower the runs start from (default %(default)s: the shipped one, as `cli_ref train --data` does)')
     s.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4], help='seeds (default 0-4)')
     s.add_argument('--train-images', type=int, default=4000, help='training images per set (default 4000; 500 test images)')
-    s.add_argument('--output', default='runs/spread', help='the sets and the run folders (default %(default)s)')
-    s.add_argument('--results', default='data/results/spread', help='one record per set and seed (default %(default)s)')
+    s.add_argument('--output', help='the sets and the run folders (default runs/spread-pretrained, with --tower random runs/spread)')
+    s.add_argument('--results', help='one record per set and seed (default data/results/spread/pretrained, with --tower random '
+                   'data/results/spread)')
     s.set_defaults(func=spread_cmd)
+
+def _pretrain_tower_parser(sub, common) -> None:
+    "`cli_ref pretrain-tower`."
+    p = sub.add_parser('pretrain-tower', parents=[common], help='pretrain a ViT on the generated corpus (19_tower; resumable)')
+    p.add_argument('--output', default='runs/tower', help='run folder: checkpoints, log, tower.safetensors, probes.json (default %(default)s)')
+    p.add_argument('--vit', choices=sorted(TowerConfig.presets), default='tiny', help='tower size (default tiny)')
+    p.add_argument('--steps', type=int, help=f'steps of {TowerConfig.batch_size} new images (default {TowerConfig.steps})')
+    p.add_argument('--seed', type=int, default=0, help='seed of the corpus and the init (default 0)')
+    p.add_argument('--resume', action='store_true', help='continue the run in --output from its last checkpoint')
+    p.add_argument('--quick', action='store_true', help='a few small steps and small probes: the same code in seconds (a test, not a tower)')
+    p.add_argument('--device', help='cpu, cuda, ... (default: cuda if available)')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.set_defaults(func=pretrain_tower_cmd)
 
 # %% ../nbs/14_commands.ipynb #f903aec2
 def _bench_parser(sub, common) -> None:
@@ -394,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument('--debug', action='store_true', help='on an error, show the traceback too')
     sub = p.add_subparsers(dest='command', required=True)
-    for add in (_train_parser, _eval_parser, _ask_parser, _experiment_parser, _spread_parser, _bench_parser): add(sub, common)
+    for add in (_train_parser, _eval_parser, _ask_parser, _experiment_parser, _spread_parser, _pretrain_tower_parser, _bench_parser): add(sub, common)
     return p
 
 # %% ../nbs/14_commands.ipynb #0f86636e

@@ -4,15 +4,16 @@
 
 # %% ../nbs/05_data.ipynb #3a769c8a
 from __future__ import annotations
-import concurrent.futures, json, os, warnings
+import concurrent.futures, functools, json, os, warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import matplotlib
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
@@ -21,11 +22,13 @@ from .tokenizer import IGNORE_INDEX, ChatTemplate, Tokenizer, encode_chat
 
 # %% auto #0
 __all__ = ['IMAGE_TOKEN', 'EASY_SHAPES', 'EASY_COLORS', 'ROLES', 'SHAPES', 'COLORS', 'TEXTURES', 'COUNT_WORDS', 'DETAIL',
-           'FAMILIES', 'SHAPES_FAMILIES', 'BAR_FAMILIES', 'QUADRANTS', 'QUADRANT_FAMILIES', 'VQARecord', 'family_stats',
-           'print_stats', 'load_easy_vqa', 'easy_vqa_image_labels', 'DataError', 'read_json_records', 'load_llava_json',
-           'check_images', 'save_llava_json', 'draw_scene', 'sample_scene', 'scene_labels', 'scene_questions',
-           'data_dir', 'generate_shapes', 'shapes_split', 'load_shapes', 'bar_chart', 'bar_questions', 'quadrant_scene',
-           'quadrant_questions', 'write_llava_set', 'group_turns', 'image_transform', 'VQADataset', 'collate']
+           'FAMILIES', 'SHAPES_FAMILIES', 'BAR_FAMILIES', 'QUADRANTS', 'QUADRANT_FAMILIES', 'GLYPHS', 'GLYPH_FONTS',
+           'TEXT_FAMILIES', 'SCENE_SETS', 'VQARecord', 'family_stats', 'print_stats', 'load_easy_vqa',
+           'easy_vqa_image_labels', 'DataError', 'read_json_records', 'load_llava_json', 'check_images',
+           'save_llava_json', 'draw_scene', 'sample_scene', 'scene_labels', 'scene_questions', 'data_dir',
+           'generate_shapes', 'shapes_split', 'load_shapes', 'bar_chart', 'bar_questions', 'quadrant_scene',
+           'quadrant_questions', 'glyph_mask', 'sample_glyph', 'glyph_scene', 'glyph_scene_labels', 'text_scene',
+           'text_questions', 'write_llava_set', 'group_turns', 'image_transform', 'VQADataset', 'collate']
 
 # %% ../nbs/05_data.ipynb #55dd9912
 IMAGE_TOKEN = '<image>'
@@ -276,18 +279,19 @@ def _shape_mask(shape, cx, cy, r, yy, xx):
     return (yy >= top) & (yy <= base) & (abs(xx - cx) <= half)
 
 def draw_scene(objects: list[dict], size: int = 64, stripe_period: int = 4, marker_size: int = 3) -> np.ndarray:
-    "Render objects (dicts with shape, color, x, y, r, texture, marker) to an (H, W, 3) uint8 image."
+    """Render objects (dicts with shape, color, x, y, r, texture, marker; or a printed character: glyph, font, px,
+    angle, color, x, y, drawn by `glyph_mask` below) to an (H, W, 3) uint8 image."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     img = np.full((size, size, 3), 235, np.uint8)
     half = max(stripe_period // 2, 1)
     tex = {'plain': np.zeros((size, size), bool), 'stripes': (yy.astype(int) // half) % 2 == 0,
            'dots': (yy.astype(int) % stripe_period == 0) & (xx.astype(int) % stripe_period == 0)}
     for o in objects:
-        m = _shape_mask(o['shape'], o['x'], o['y'], o['r'], yy, xx)
+        m = glyph_mask(o, size) if 'glyph' in o else _shape_mask(o['shape'], o['x'], o['y'], o['r'], yy, xx)
         col = np.array(COLORS[o['color']], np.float32)
         img[m] = col.astype(np.uint8)
-        img[m & tex[o['texture']]] = (col * 0.45).astype(np.uint8)
-        if o['marker']:
+        img[m & tex[o.get('texture', 'plain')]] = (col * 0.45).astype(np.uint8)
+        if o.get('marker'):
             x0, y0 = int(round(o['x'])) - marker_size // 2, int(round(o['y'])) - marker_size // 2
             img[y0:y0 + marker_size, x0:x0 + marker_size] = 0
     return img
@@ -421,10 +425,90 @@ def quadrant_questions(objs: list[dict], rng: np.random.Generator) -> dict[str, 
             'has_shape': (f'is there a {shape}', 'yes' if any(o['shape'] == shape for o in objs) else 'no'),
             'quadrant_color': (f"what colour is the object in the {QUADRANTS[named['quadrant']]}", named['color'])}
 
+# %% ../nbs/05_data.ipynb #4a819cd0
+GLYPHS = tuple('0123456789ABCDEFGHJKLMNPQRSTUVWXYZ')   # no I or O: they read as 1 and 0
+GLYPH_FONTS = ('DejaVuSans.ttf', 'DejaVuSans-Bold.ttf', 'DejaVuSans-Oblique.ttf', 'DejaVuSerif.ttf',
+               'DejaVuSerif-Bold.ttf', 'DejaVuSerif-Italic.ttf', 'DejaVuSansMono.ttf', 'DejaVuSansMono-Bold.ttf')
+
+@functools.lru_cache(maxsize=None)
+def _font(name: str, px: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), 'fonts', 'ttf', name), px)
+
+def glyph_mask(o: dict, size: int = 64) -> np.ndarray:
+    "(size, size) bool mask of glyph object `o`: its character in its font and size, rotated, centred at (x, y)."
+    px = int(o['px'])
+    im = Image.new('L', (2 * px, 2 * px), 0)
+    ImageDraw.Draw(im).text((px, px), o['glyph'], fill=255, font=_font(o['font'], px), anchor='mm')
+    m = np.asarray(im.rotate(o['angle'], resample=Image.BILINEAR)) > 127
+    ys, xs = np.nonzero(m)
+    m = m[ys.min():ys.max() + 1, xs.min():xs.max() + 1]          # the ink's bounding box
+    out = np.zeros((size, size), bool)
+    y0, x0 = int(round(o['y'])) - m.shape[0] // 2, int(round(o['x'])) - m.shape[1] // 2
+    ys, xs = slice(max(y0, 0), min(y0 + m.shape[0], size)), slice(max(x0, 0), min(x0 + m.shape[1], size))
+    out[ys, xs] = m[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+    return out
+
+def sample_glyph(rng: np.random.Generator, x: float, y: float, px: tuple = (14, 22), max_angle: float = 20) -> dict:
+    "A random glyph object at (x, y): character, face, size (px, upper end exclusive), angle and colour."
+    return dict(glyph=str(rng.choice(GLYPHS)), font=str(rng.choice(GLYPH_FONTS)), px=int(rng.integers(*px)),
+                angle=float(rng.uniform(-max_angle, max_angle)), color=str(rng.choice(list(COLORS))), x=float(x), y=float(y))
+
+# %% ../nbs/05_data.ipynb #a3e31e94
+def glyph_scene(rng: np.random.Generator, size: int = 64, p_empty: float = 0.25, p_glyph: float = 0.5) -> list[dict]:
+    """One object or none in each quadrant (numbered as `QUADRANTS`), at least one in all: a glyph (`sample_glyph`)
+    with probability `p_glyph`, else a shape of random texture; placed freely inside its quadrant."""
+    h, objs = size // 2, []
+    while not objs:
+        for q in range(4):
+            if rng.random() < p_empty: continue
+            x0, y0 = (q % 2) * h, (q // 2) * h
+            if rng.random() < p_glyph:
+                objs.append(sample_glyph(rng, x0 + rng.uniform(10, h - 10), y0 + rng.uniform(10, h - 10)) | dict(quadrant=q))
+                continue
+            r = float(rng.integers(6, 10))
+            objs.append(dict(shape=str(rng.choice(SHAPES)), color=str(rng.choice(list(COLORS))), x=float(x0 + rng.uniform(r + 1, h - r - 1)),
+                             y=float(y0 + rng.uniform(r + 1, h - r - 1)), r=r, texture=str(rng.choice(TEXTURES)), marker=False, quadrant=q))
+    return objs
+
+def glyph_scene_labels(objs: list[dict]) -> dict[str, list[int]]:
+    """Per quadrant: `content` (0 empty, 1-3 a shape of `SHAPES`, 4 + i the glyph `GLYPHS[i]`), `color` (index in
+    `COLORS`) and `texture` (index in `TEXTURES`, shapes only); -1 where a label does not apply."""
+    out = {k: [-1] * 4 for k in ('content', 'color', 'texture')}
+    out['content'] = [0] * 4
+    for o in objs:
+        q = o['quadrant']
+        out['content'][q] = 4 + GLYPHS.index(o['glyph']) if 'glyph' in o else 1 + SHAPES.index(o['shape'])
+        out['color'][q] = list(COLORS).index(o['color'])
+        if 'glyph' not in o: out['texture'][q] = TEXTURES.index(o['texture'])
+    return out
+
+# %% ../nbs/05_data.ipynb #78a8bb59
+TEXT_FAMILIES = {'text': 'local', 'text_color': 'local', 'text_place': 'local', 'shape': 'local'}
+
+def text_scene(rng: np.random.Generator, size: int = 64) -> list[dict]:
+    "A glyph (`sample_glyph`) and a plain filled shape, one in the top half and one in the bottom half, anywhere along the row."
+    above = bool(rng.random() < 0.5)
+    gy, sy = (size * 0.27, size * 0.72) if above else (size * 0.73, size * 0.28)
+    r = float(rng.integers(7, 11))
+    return [sample_glyph(rng, rng.uniform(10, size - 10), gy + rng.uniform(-4, 4)),
+            dict(shape=str(rng.choice(SHAPES)), color=str(rng.choice(list(COLORS))), x=float(rng.uniform(r + 2, size - r - 2)),
+                 y=float(sy + rng.uniform(-3, 3)), r=r, texture='plain', marker=False)]
+
+def text_questions(objs: list[dict], rng: np.random.Generator) -> dict[str, tuple[str, str]]:
+    "One question per family of `TEXT_FAMILIES`, with its answer (the character in lower case)."
+    g, s = objs
+    return {'text': ('what is written in the image', g['glyph'].lower()),
+            'text_color': ('what colour is the text', g['color']),
+            'text_place': ('is the text above or below the shape', 'above' if g['y'] < s['y'] else 'below'),
+            'shape': ('what shape is next to the text', s['shape'])}
+
 # %% ../nbs/05_data.ipynb #e4f38d67
+SCENE_SETS = {  # set name -> (scene sampler, its questions, family -> kind): the object-scene sets
+    'quadrants': (quadrant_scene, quadrant_questions, QUADRANT_FAMILIES), 'text': (text_scene, text_questions, TEXT_FAMILIES)}
+
 def write_llava_set(kind: str, folder: str | Path, n_train: int = 4000, n_test: int = 500, seed: int = 0) -> tuple[Path, Path]:
     """A LLaVA-format set in `folder` (train.json, test.json, images/): 'shapes' (`load_shapes`' scenes and families),
-    'bars' (`bar_chart`) or 'quadrants' (`quadrant_scene`); one record per image and question family, with `family`
+    'bars' (`bar_chart`), 'quadrants' (`quadrant_scene`) or 'text' (`text_scene`); one record per image and question family, with `family`
     and `kind` fields."""
     folder = Path(folder)
     out = []
@@ -436,13 +520,14 @@ def write_llava_set(kind: str, folder: str | Path, n_train: int = 4000, n_test: 
                 img, bars = bar_chart(rng)
                 recs += [VQARecord(f'bars-{split}-{i}-{f}', img, [(f'{IMAGE_TOKEN}\n{q}', a)], f, BAR_FAMILIES[f])
                          for f, (q, a) in bar_questions(bars, rng).items()]
-        elif kind == 'quadrants':
+        elif kind in SCENE_SETS:
             rng, recs = np.random.default_rng(_split_seed(split, seed)), []
+            scene, questions, families = SCENE_SETS[kind]
             for i in range(n):
-                objs = quadrant_scene(rng)
-                recs += [VQARecord(f'quadrants-{split}-{i}-{f}', draw_scene(objs), [(f'{IMAGE_TOKEN}\n{q}', a)], f, QUADRANT_FAMILIES[f])
-                         for f, (q, a) in quadrant_questions(objs, rng).items()]
-        else: raise ValueError(f"kind must be 'shapes', 'bars' or 'quadrants', not {kind!r}")
+                objs = scene(rng)
+                recs += [VQARecord(f'{kind}-{split}-{i}-{f}', draw_scene(objs), [(f'{IMAGE_TOKEN}\n{q}', a)], f, families[f])
+                         for f, (q, a) in questions(objs, rng).items()]
+        else: raise ValueError(f"kind must be one of {['shapes', 'bars', *SCENE_SETS]}, not {kind!r}")
         save_llava_json(recs, folder / f'{split}.json', folder / 'images')
         out.append(folder / f'{split}.json')
     return tuple(out)

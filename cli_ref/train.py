@@ -16,12 +16,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
-from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import (append_log, latest_checkpoint, load_model_weights, load_optimizer, read_log, save_checkpoint,
-                                 truncate_log)
+from .checkpoints import (append_log, latest_checkpoint, load_model_weights, load_optimizer, read_log, read_tower, save_checkpoint,
+                                 tower_path, truncate_log)
 from .core import ConfigMixin, autocast, default_device, load_state_checked, set_seed, write_json
 from .data import (IMAGE_TOKEN, DataError, VQADataset, VQARecord, check_images, collate, easy_vqa_image_labels, group_turns, image_transform,
                           load_easy_vqa, load_llava_json, load_shapes)
@@ -51,7 +50,7 @@ class TrainConfig(ConfigMixin):
     detail: str = 'coarse'           # shapes: detail scale
     shapes_images: int = 0           # shapes: training images (0 = the default 30,000)
     turns: int = 1                   # questions of one image joined into one multi-turn training sample (`group_turns`)
-    tower: str = ''                  # safetensors file of pretrained tower weights, loaded before stage 0
+    tower: str = ''                  # '' = random init; 'pretrained' = the shipped tower (19_tower); or a tower file
     vit_steps: int = 700             # stage 0: pretrain the tower on image-level labels, then freeze it
     align_steps: int = 0             # stage 1: projector only
     instruct_steps: int = 1600       # stage 2: projector, AMP, AGF, LLM (+ tower if vision_lr > 0)
@@ -83,8 +82,8 @@ class TrainConfig(ConfigMixin):
 
     presets: ClassVar[dict] = {
         'main-job': {},   # easy-VQA, the defaults above
-        # LLaVA-format data: no image-level labels for stage 0, and a longer instruct stage (why: "Your own data" below)
-        'own-data': dict(dataset='llava', vit_steps=0, instruct_steps=3200),
+        # LLaVA-format data: no image-level labels for stage 0, so the pretrained tower, and a longer instruct stage
+        'own-data': dict(dataset='llava', vit_steps=0, instruct_steps=3200, tower='pretrained'),
     }
 
     def __post_init__(self):
@@ -419,7 +418,9 @@ def prepare_run(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, dev
     ds = make_dataset(train_recs, tok, mcfg, cfg)
     pool = [i for i, n in enumerate(balance_repeats(ds.records, cfg.balance)) for _ in range(n)]
     run = Run(cfg, rank, world, dev, out_dir, ckpt, tok, model, ds, pretrain, pool)
-    if cfg.tower and not ckpt: load_state_checked(model.vit, load_file(cfg.tower), cfg.tower)
+    if cfg.tower and not ckpt:
+        path = tower_path(cfg.tower, mcfg.vit)
+        load_state_checked(model.vit, read_tower(path, mcfg.vit)[0], str(path))
     if ckpt:
         load_model_weights(model, ckpt)
         st = json.loads((ckpt / 'state.json').read_text())
