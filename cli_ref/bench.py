@@ -4,22 +4,22 @@
 
 # %% ../nbs/17_bench.ipynb #b4d16675
 from __future__ import annotations
-import datetime, json, os, platform, subprocess, time
+import datetime, json, os, platform, shutil, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .core import autocast
+from .core import autocast, write_json
 from .tokenizer import IGNORE_INDEX
 from .layers import ATTENTION_IMPLS, use_attention
 from .vlm import VLM, VLMConfig, causal_lm_loss, n_params
 
 # %% auto #0
-__all__ = ['REAL_SIZES', 'timeit', 'matmul_peak', 'train_step_fn', 'step_flops', 'forward_flops', 'train_memory', 'hf_llava_like',
-           'hf_step_fn', 'run_bench', 'format_bench', 'real_size_config', 'real_size_bench', 'format_real_size',
-           'loss_check', 'image_check_speed']
+__all__ = ['REAL_SIZES', 'GPU_REAL_SIZES', 'timeit', 'matmul_peak', 'train_step_fn', 'step_flops', 'forward_flops',
+           'train_memory', 'hf_llava_like', 'hf_step_fn', 'run_bench', 'format_bench', 'real_size_config',
+           'real_size_bench', 'format_real_size', 'loss_check', 'image_check_speed', 'gpu_report', 'format_gpu_report']
 
 # %% ../nbs/17_bench.ipynb #c2a9b533
 def timeit(fn, repeats: int = 5, warmup: int = 1, device: torch.device | None = None) -> float:
@@ -194,14 +194,14 @@ def run_bench(presets=('tiny', 'small'), dtypes=('fp32', 'bf16'), batch: int = 3
     r = repeats if not quick else 1
     res = dict(machine=dict(device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else platform.processor() or platform.machine(),
                             cpus=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__),
-               date=datetime.date.today().isoformat(), commit=_commit(), batch=batch, text_tokens=text,
+               date=datetime.date.today().isoformat(), commit=_commit(), quick=quick, batch=batch if not quick else 2, text_tokens=text,
                peak_flops={dt: matmul_peak(dev, torch.float32 if dt == 'fp32' else torch.bfloat16) for dt in dtypes}, train={}, hf={},
                overhead={}, generate={}, attention={}, memory={}, scale={}, compiled={})
     for preset in presets:
         # every patch an image token (image_pool=1): transformers' LLaVA, compared against, has no pooling
         torch.manual_seed(0)
         models = {v: VLM(VLMConfig.preset(preset, variant=v, image_pool=1)).to(dev) for v in ('baseline', 'cli')}
-        b = _batch(models['baseline'].cfg, batch if not quick else 2, text, dev)
+        b = _batch(models['baseline'].cfg, res['batch'], text, dev)
         _bench_training(res, preset, models, b, dtypes, dev, r)
         if compile: _bench_compiled(res, preset, models, b, dtypes, dev, r)
         _bench_attention(res, preset, models, b, dtypes[0], dev, r)
@@ -219,8 +219,9 @@ def _commit() -> str:
 def format_bench(res: dict) -> str:
     "A markdown report of `run_bench`'s results."
     m = res['machine']
-    out = [f"Machine: {m['device']}, {m['cpus']} CPUs, {m['threads']} threads, torch {m['torch']}; {res['date']}; "
-           f"batch {res['batch']}, {res['text_tokens']} text tokens after the image tokens.", '',
+    quick = ' Quick: one repeat of everything, so the times are not a measurement; FLOPs and parameters are counted.' if res.get('quick') else ''
+    out = [f"Machine: {m['device']}, {m['cpus']} CPUs, {m['threads']} threads, torch {m['torch']}; "
+           f"batch {res['batch']}, {res['text_tokens']} text tokens after the image tokens.{quick}", '',
            '| preset / variant / dtype | step (s) | samples/s | tokens/s | MFU |', '|---|---|---|---|---|']
     out += [f"| {k} | {v['step_s']:.3f} | {v['samples_per_s']:.0f} | {v['tokens_per_s']:,.0f} | {v['mfu']:.1%} |" for k, v in res['train'].items()]
     if res.get('compiled'):
@@ -268,13 +269,14 @@ def _real_step(model, fc, batch, dev, repeats: int) -> dict:
     s = timeit(step, repeats=repeats, warmup=1 if repeats > 1 else 0, device=dev)
     return dict(step_s=s, peak_gb=torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == 'cuda' else None)
 
-def _hf_real_step(cfg: VLMConfig, train: str, batch, dev, dtype: str, repeats: int) -> dict:
+def _hf_real_step(cfg: VLMConfig, train: str, batch, dev, dtype: str, repeats: int, checkpointing: bool) -> dict:
     "The same step for transformers' LLaVA of these dimensions: the projector (and the LLM) train, the tower frozen."
     hf = hf_llava_like(cfg).to(dev)
     for n, p in hf.named_parameters():
         p.requires_grad_('multi_modal_projector' in n or (train == 'cli+llm' and 'vision_tower' not in n))
         if not p.requires_grad and dev.type == 'cuda': p.data = p.data.to(torch.bfloat16)
-    if dev.type == 'cuda': hf.gradient_checkpointing_enable(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(dev)
+    if checkpointing: getattr(hf, 'activation_checkpointing_enable', hf.gradient_checkpointing_enable)()  # the new name, where there is one
+    if dev.type == 'cuda': torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(dev)
     hf.train()
     opt = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-5, fused=True)
     def step():
@@ -285,11 +287,29 @@ def _hf_real_step(cfg: VLMConfig, train: str, batch, dev, dtype: str, repeats: i
     return dict(step_s=s, peak_gb=torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == 'cuda' else None)
 
 # %% ../nbs/17_bench.ipynb #ff0555ce
-def real_size_bench(presets=REAL_SIZES, batch: int = 1, text: int = 128, device: str | None = None, quick: bool = False,
-                    repeats: int = 3) -> dict:
-    "One `--train cli` and one `--train cli+llm` step at each real size: memory against the plan, speed, CLI / baseline, ours / transformers."
-    from cli_ref.finetune import FinetuneConfig, cli_defaults, memory_plan
+def _real_size_row(row: dict, cfg: VLMConfig, fc, b: dict, dev, dtype: str, batch: int, text: int, repeats: int) -> None:
+    "One row of `real_size_bench`, filled in: our baseline and CLI steps, transformers' step, the memory plan."
+    from cli_ref.finetune import cli_defaults, memory_plan
     from cli_ref.llava import attach_cli
+    for variant in ('baseline', 'cli'):
+        torch.manual_seed(0)
+        with torch.device(dev): model = VLM(cfg)
+        if variant == 'cli': model = attach_cli(model, **cli_defaults(cfg))
+        row[variant] = _real_step(model, fc, b, dev, repeats)
+        del model
+    row['hf'] = _hf_real_step(cfg, fc.train, b, dev, dtype, repeats, row['gradient_checkpointing'])
+    plan = memory_plan(VLMConfig.from_dict({**cfg.to_dict(), 'variant': 'cli', **cli_defaults(cfg)}), batch, text, fc.train)
+    row.update(tokens_per_s=batch * b['input_ids'].shape[1] / row['cli']['step_s'], cli_over_baseline=row['cli']['step_s'] / row['baseline']['step_s'],
+               ours_over_hf=row['baseline']['step_s'] / row['hf']['step_s'],
+               plan_gb=plan['peak_gb_ckpt' if row['gradient_checkpointing'] else 'peak_gb'])
+    if row['cli']['peak_gb']: row['peak_over_plan'] = row['cli']['peak_gb'] / row['plan_gb']
+
+def real_size_bench(presets=REAL_SIZES, batch: int = 1, text: int = 128, device: str | None = None, quick: bool = False,
+                    repeats: int = 3, checkpointing: tuple = (None,), trains: tuple = ('cli', 'cli+llm')) -> dict:
+    """A `--train cli` and a `--train cli+llm` step (`trains`) at each real size and gradient-checkpointing setting
+    (None: on CUDA only, as `finetune` does): memory against the plan, speed, CLI / baseline, ours / transformers.
+    A step that does not fit the device is a row with its `error`, and the next one runs."""
+    from cli_ref.finetune import FinetuneConfig
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     dtype = 'bf16' if dev.type == 'cuda' else 'fp32'
     res = dict(machine=dict(device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else platform.processor() or platform.machine(),
@@ -300,35 +320,31 @@ def real_size_bench(presets=REAL_SIZES, batch: int = 1, text: int = 128, device:
         px, ids, labels = _batch(cfg, batch, text, dev)
         labels[:, :-text // 2] = -100                    # the answer: the last half of the text
         b = dict(pixel_values=px, input_ids=ids, labels=labels, attention_mask=torch.ones_like(ids), index=torch.arange(batch))  # as `collate` makes it
-        for train in ('cli', 'cli+llm'):
-            fc = FinetuneConfig(train=train, dtype=dtype)
-            row = dict(preset=preset, train=train, seq=ids.shape[1])
-            for variant in ('baseline', 'cli'):
-                torch.manual_seed(0)
-                with torch.device(dev): model = VLM(cfg)
-                if variant == 'cli': model = attach_cli(model, **cli_defaults(cfg))
-                row[variant] = _real_step(model, fc, b, dev, 1 if quick else repeats)
-                del model
-            row['hf'] = _hf_real_step(cfg, train, b, dev, dtype, 1 if quick else repeats)
-            plan = memory_plan(VLMConfig.from_dict({**cfg.to_dict(), 'variant': 'cli', **cli_defaults(cfg)}), batch, text, train)
-            row.update(tokens_per_s=batch * ids.shape[1] / row['cli']['step_s'], cli_over_baseline=row['cli']['step_s'] / row['baseline']['step_s'],
-                       ours_over_hf=row['baseline']['step_s'] / row['hf']['step_s'],
-                       plan_gb=plan['peak_gb_ckpt' if dev.type == 'cuda' else 'peak_gb'])
-            if row['cli']['peak_gb']: row['peak_over_plan'] = row['cli']['peak_gb'] / row['plan_gb']
-            res['rows'].append(row)
+        for train in trains:
+            for gc in checkpointing:
+                fc = FinetuneConfig(train=train, dtype=dtype, gradient_checkpointing=gc)
+                row = dict(preset=preset, train=train, gradient_checkpointing=dev.type == 'cuda' if gc is None else gc, seq=ids.shape[1])
+                try: _real_size_row(row, cfg, fc, b, dev, dtype, batch, text, 1 if quick else repeats)
+                except torch.cuda.OutOfMemoryError as e: row['error'] = f'out of memory: {str(e)[:160]}'
+                finally:
+                    if dev.type == 'cuda': torch.cuda.empty_cache()
+                res['rows'].append(row)
     return res
 
 # %% ../nbs/17_bench.ipynb #7ff00a74
 def format_real_size(res: dict) -> str:
-    "A markdown table of `real_size_bench`'s results."
+    "A markdown table of `real_size_bench`'s results (a row that did not fit says so)."
     m = res['machine']
-    out = [f"{m['device']}, torch {m['torch']}, {res['dtype']}; {res['date']}; batch {res['batch']}, "
+    out = [f"{m['device']}, torch {m['torch']}, {res['dtype']}; batch {res['batch']}, "
            f"one crop + {res['text_tokens']} text tokens{' (quick: layers and vocabulary cut, not a measurement)' if res['quick'] else ''}", '',
-           '| preset | train | seq | CLI step (s) | tokens/s | CLI / baseline | ours / transformers | peak GB | plan GB | peak / plan |',
-           '|---|---|---|---|---|---|---|---|---|---|']
+           '| preset | train | grad. ckpt | seq | CLI step (s) | tokens/s | CLI / baseline | ours / transformers | peak GB | plan GB | peak / plan |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
     f = lambda x, p='.2f': '-' if x is None else format(x, p)
-    out += [f"| {r['preset']} | {r['train']} | {r['seq']} | {r['cli']['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['cli_over_baseline']:.2f} | "
-            f"{r['ours_over_hf']:.2f} | {f(r['cli']['peak_gb'], '.1f')} | {r['plan_gb']:.1f} | {f(r.get('peak_over_plan'))} |" for r in res['rows']]
+    for r in res['rows']:
+        head = f"| {r['preset']} | {r['train']} | {'on' if r['gradient_checkpointing'] else 'off'} | {r['seq']} | "
+        if 'error' in r: out.append(head + f"{r['error'][:40]} | | | | | | |"); continue
+        out.append(head + f"{r['cli']['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['cli_over_baseline']:.2f} | {r['ours_over_hf']:.2f} | "
+                   f"{f(r['cli']['peak_gb'], '.1f')} | {r['plan_gb']:.1f} | {f(r.get('peak_over_plan'))} |")
     return '\n'.join(out)
 
 # %% ../nbs/17_bench.ipynb #70cce09c
@@ -365,3 +381,58 @@ def image_check_speed(n: int = 2000, kinds=((64, 64, 'png'), (336, 448, 'jpg')),
                 t = time.perf_counter(); check_images(recs, workers=k, progress=False)
                 out.append(dict(image=f'{h}x{w} {ext}', workers=k, images_per_s=n / (time.perf_counter() - t)))
     return out
+
+# %% ../nbs/17_bench.ipynb #5dc06bf3
+GPU_REAL_SIZES = [('llava15_7b', ('cli',)), ('ov_0_5b', ('cli', 'cli+llm'))]   # (preset, modes) one GPU holds
+
+def _main_job(run_dir: Path, dev: torch.device, quick: bool) -> dict:
+    "The main job as README runs it (`cli_ref train`, seed 0) in a process of its own: wall time and accuracy per family."
+    if run_dir.exists(): shutil.rmtree(run_dir)
+    cut = ['--vit-steps', '4', '--steps', '6', '--eval-limit', '48', '--ckpt-every', '3'] if quick else []
+    argv = [sys.executable, '-c', 'from cli_ref.commands import main; main()', 'train', '--seed', '0', '--output', str(run_dir),
+            '--quiet', '--device', dev.type, *cut]
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode: raise RuntimeError((r.stderr.strip().splitlines() or ['no output'])[-1])
+    res = json.loads((run_dir / 'eval.json').read_text())
+    return dict(command=' '.join(['cli_ref', *argv[3:]]), wall_s=wall, accuracy=res['accuracy'],
+                families={k: v['accuracy'] for k, v in res['families'].items()}, printed=r.stdout.strip().splitlines()[-8:])
+
+def gpu_report(out: str | Path, device: str | None = None, quick: bool = False) -> dict:
+    "The main job, the real-size steps and the small steps on one device; `out/gpu_report.json` rewritten after each part."
+    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    rec = dict(machine=dict(device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else platform.processor() or platform.machine(),
+                            cpus=os.cpu_count(), torch=torch.__version__), date=datetime.date.today().isoformat(), commit=_commit(),
+               quick=quick, parts={})
+    sizes = [('ov_0_5b', ('cli', 'cli+llm'))] if quick else GPU_REAL_SIZES
+    parts = {'main_job': lambda: _main_job(out / 'main-job', dev, quick),
+             'real_size': lambda: dict(runs=[real_size_bench((p,), device=str(dev), quick=quick, checkpointing=(False, True), trains=t)
+                                             for p, t in sizes]),
+             'steps': lambda: run_bench(presets=('tiny',) if quick else ('tiny', 'small'), dtypes=('fp32',) if quick else ('fp32', 'bf16'),
+                                        device=str(dev), quick=quick, compile=not quick,
+                                        scale_presets=() if quick else ('llava15_7b', 'ov_0_5b', 'ov_7b'))}
+    t_start = time.perf_counter()
+    for name, fn in parts.items():
+        t0 = time.perf_counter()
+        try: rec['parts'][name] = fn()
+        except Exception as e: rec['parts'][name] = dict(error=f'{type(e).__name__}: {e}'[:400])
+        rec['parts'][name]['part_wall_s'] = time.perf_counter() - t0
+        rec['wall_s'] = time.perf_counter() - t_start
+        write_json(out / 'gpu_report.json', rec)
+        if dev.type == 'cuda': torch.cuda.empty_cache()
+    return rec
+
+def format_gpu_report(rec: dict) -> str:
+    "The report in a few lines: the main job, then the real-size and small-step tables."
+    p, lines = rec['parts'], [f"{rec['machine']['device']}, torch {rec['machine']['torch']}, {rec['date']}, commit {rec['commit']}, "
+                              f"{rec.get('wall_s', 0):.0f} s{' (quick: not a measurement)' if rec['quick'] else ''}"]
+    for name, part in p.items():
+        if 'error' in part: lines.append(f"{name}: failed: {part['error']}"); continue
+        if name == 'main_job':
+            lines.append(f"main job: {part['accuracy']:.1%} in {part['wall_s']:.0f} s (" +
+                         ', '.join(f'{k} {v:.1%}' for k, v in sorted(part['families'].items())) + ')')
+        elif name == 'real_size': lines += [format_real_size(r) for r in part['runs']]
+        else: lines.append(format_bench(part))
+    return '\n\n'.join(lines)

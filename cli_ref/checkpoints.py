@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_checkpoints.ipynb #e8501bd3
 from __future__ import annotations
-import json, os, shutil
+import importlib.resources, json, os, shutil
 from pathlib import Path
 
 import torch
@@ -101,7 +101,7 @@ def load_optimizer(opt: torch.optim.Optimizer, ckpt: Path, state: dict) -> None:
     opt.load_state_dict({'state': st, 'param_groups': groups})
 
 # %% ../nbs/10_checkpoints.ipynb #59e795af
-TOWER_DIR = Path(__file__).parent / 'towers'         # the towers that ship with the package
+TOWER_DIR = Path(importlib.resources.files('cli_ref')) / 'towers'   # the towers that ship with the package
 PRETRAINED_TOWERS = {'tiny': TOWER_DIR / 'glyphs-tiny.safetensors'}   # ViT preset -> its pretrained tower
 
 def save_tower(vit: nn.Module, path: str | Path, made_by: dict) -> Path:
@@ -115,7 +115,7 @@ def save_tower(vit: nn.Module, path: str | Path, made_by: dict) -> Path:
 def tower_path(name: str, vit_cfg: ViTConfig) -> Path:
     "'pretrained' -> the shipped tower for `vit_cfg`'s size; anything else is a file path."
     if name != 'pretrained': return Path(name)
-    preset = next((k for k in PRETRAINED_TOWERS if ViTConfig.preset(k).changes_from(vit_cfg.to_dict(), 'x', skip=('pos_init',)) == ''), None)
+    preset = next((k for k in PRETRAINED_TOWERS if ViTConfig.preset(k).changes_from(json.loads(vit_cfg.to_json()), 'x', skip=('pos_init',)) == ''), None)
     if preset is None: raise ValueError(f"no pretrained tower ships for this ViT (dim {vit_cfg.dim}, depth {vit_cfg.depth}); make one with "
                                         f"`cli_ref pretrain-tower` and pass its file to --tower")
     return PRETRAINED_TOWERS[preset]

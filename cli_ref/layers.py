@@ -69,7 +69,7 @@ class MLP(nn.Module):
 
     def forward(self, x): return self.fc2(self.act(self.fc1(x)))
 
-#| export
+# %% ../nbs/01_layers.ipynb #35834eda
 class SwiGLU(nn.Module):
     "The gated MLP of Llama and Qwen2: W_down(SiLU(W_gate x) * W_up x), no biases."
     def __init__(self, dim: int, hidden: int):

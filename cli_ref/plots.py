@@ -13,18 +13,176 @@ import torch
 from .injectors import VARIANTS, AGFInjector, DeepStack, DenseInput
 
 # %% auto #0
-__all__ = ['plot_architecture', 'gate_heatmap', 'gate_strip', 'plot_alpha', 'plot_gates', 'loss_figure', 'report_figure',
-           'save_figure', 'spread_figure', 'plot_probes', 'plot_layer_map', 'plot_arms']
+__all__ = ['INPUT', 'BANK', 'TEXT', 'GATE', 'PLAIN', 'LIGHT', 'plot_dataflow', 'plot_agf', 'plot_architecture', 'gate_heatmap',
+           'gate_strip', 'plot_alpha', 'plot_gates', 'loss_figure', 'report_figure', 'save_figure', 'spread_figure',
+           'plot_probes', 'plot_layer_map', 'plot_arms']
+
+# %% ../nbs/11_plots.ipynb #7c4d2e18
+INPUT, BANK, TEXT, GATE, PLAIN = 'tab:orange', 'tab:blue', 'tab:green', 'tab:purple', '0.6'  # a colour per path
+LIGHT = {INPUT: '#fdd0a2', BANK: '#c6dbef', TEXT: '#c7e9c0', GATE: '#dadaeb', PLAIN: '0.92'}  # their fills
+
+def _box(ax, x, y, w, h, text='', color=PLAIN, fill=None, ls='-', size=7, gid=None):
+    "A box centred at (x, y), edged in `color` and filled with its light shade, with `text`; `gid` names it (for tests)."
+    ax.add_patch(plt.Rectangle((x - w / 2, y - h / 2), w, h, fc=fill or LIGHT.get(color, color), ec=color, lw=1, ls=ls, gid=gid))
+    if text: ax.text(x, y, text, ha='center', va='center', fontsize=size)
+
+def _arrow(ax, xy0, xy1, color='0.4', rad=0.0, lw=1.0):
+    "An arrow from `xy0` to `xy1`, bent by `rad`."
+    ax.annotate('', xy1, xy0, arrowprops=dict(arrowstyle='->', color=color, lw=lw, shrinkA=0, shrinkB=0,
+                                               connectionstyle=f'arc3,rad={rad}'))
+
+def _legend(where, keys, ncol=2, **kw):
+    "A legend on an axes or a figure from (fill, edge, line style, label) keys: what each colour of a diagram means."
+    handles = [plt.Rectangle((0, 0), 1, 1, fc=fc, ec=ec, ls=ls, label=label) for fc, ec, ls, label in keys]
+    return where.legend(handles=handles, ncol=ncol, fontsize=7, frameon=False, **kw)
+
+def _key(color, label, ls='-'): return LIGHT.get(color, color), color, ls, label
+
+def _roles(cfg):
+    "(the variant's class, blocks feeding the input, blocks feeding banks, decoder blocks injected before, deepest block run)."
+    kind = VARIANTS[cfg.variant]
+    dense = issubclass(kind, DenseInput)
+    banks = sorted(set(cfg.bank_layers)) if issubclass(kind, (DenseInput, DeepStack, AGFInjector)) else []
+    feed = banks if dense else [cfg.feature_index]
+    injected = (list(cfg.injection_layers) if issubclass(kind, AGFInjector) else
+                list(range(1, len(banks) + 1)) if issubclass(kind, DeepStack) else [])
+    return kind, feed, [] if dense else banks, injected, max(feed + banks)
+
+# %% ../nbs/11_plots.ipynb #9a61f0b3
+def plot_dataflow(cfg, title: str | None = None):
+    """The whole forward pass of `cfg`'s model (a `VLMConfig`), with its sizes: pixels -> patches -> the tower's blocks
+    -> the projector (the input's image tokens) and AMP (the banks) -> the sequence -> decoder blocks, with AGF before
+    the injected ones -> logits. Which blocks are read, where AGF injects and every size come from `cfg`."""
+    v, l = cfg.vit, cfg.llm
+    kind, feed, banks, injected, deepest = _roles(cfg)
+    agf, dense = issubclass(kind, AGFInjector), issubclass(kind, DenseInput)
+    fig, ax = plt.subplots(figsize=(10, 4.6), dpi=80)
+    lo, hi = 2.6, 8.6                                             # both stacks of blocks span these heights
+    yv, yd = (lambda k: lo + (k + 0.5) * (hi - lo) / v.depth), (lambda j: lo + (j + 0.5) * (hi - lo) / l.n_layers)
+    hv, hd = 0.8 * (hi - lo) / v.depth, 0.8 * (hi - lo) / l.n_layers
+    named = lambda n, used: n <= 12 or used                       # a deep stack names only the blocks in use
+    n_patch, N = v.grid ** 2, cfg.n_image_tokens
+    # the tower: pixels, patches, blocks (bottom to top)
+    _box(ax, 0.9, 0.5, 1.6, 0.7, f'pixels\n{v.in_chans} x {v.image_size} x {v.image_size}')
+    _box(ax, 0.9, 1.65, 1.6, 0.9, f'PatchEmbed\n{v.patch_size} x {v.patch_size} patches\n-> {n_patch} x {v.dim}, + positions')
+    _arrow(ax, (0.9, 0.85), (0.9, 1.2)); _arrow(ax, (0.9, 2.1), (0.9, lo))
+    for k in range(v.depth):
+        run, c = k <= deepest, INPUT if k in feed else BANK if k in banks else PLAIN
+        text = f'ViT block {k}' + ('' if run else ': not run') if named(v.depth, k in feed + banks) else ''
+        _box(ax, 0.9, yv(k), 1.6, hv, text, c, fill=None if run else 'white', ls='-' if run else '--', size=6, gid=f'vit{k}')
+    ax.text(-0.05, (lo + hi) / 2, f'vision tower: {v.depth} blocks, width {v.dim}', rotation=90, ha='center', va='center', fontsize=7)
+    # each block read: pooled, then the projector (the input's image tokens) and AMP (the banks)
+    pool = f'avg-pool {cfg.image_pool} x {cfg.image_pool}' if cfg.image_pool > 1 else 'no pooling'
+    _box(ax, 2.55, (lo + hi) / 2, 0.5, hi - lo)
+    ax.text(2.55, (lo + hi) / 2, f'{pool}: {n_patch} -> {N} tokens per block read', rotation=90, ha='center', va='center', fontsize=6)
+    for k in feed + banks: _arrow(ax, (1.7, yv(k)), (2.3, yv(k)), INPUT if k in feed else BANK)
+    py, ay = lo + 0.7, hi - 1.4
+    name = f'Dense projector: concat\nof {len(feed)} blocks' if dense else 'projector (MLP)'
+    _box(ax, 4.1, py, 1.9, 1.2, f'{name}\n{cfg.vision_dim * len(feed) if dense else cfg.vision_dim} -> {l.dim} -> {l.dim}\n{N} image tokens', INPUT, gid='projector')
+    for k in feed: _arrow(ax, (2.8, yv(k)), (3.15, py), INPUT)
+    if banks:
+        rank = f'rank {cfg.lora_rank}' if cfg.lora_rank else 'no LoRA'
+        _box(ax, 4.1, ay, 1.9, 1.9, f'AMP, per block k read:\nV̂_k = MLP(V_k) + B_k A_k V_k\n(the shared MLP; {rank};\nB_k = 0 at init)\n'
+             f'{len(cfg.bank_layers)} banks x {N} x {l.dim}', BANK, gid='amp')
+        for k in banks: _arrow(ax, (2.8, yv(k)), (3.15, ay), BANK)
+    # the sequence, the decoder's blocks, the logits
+    xd, xa = 8.9, 6.6
+    _box(ax, 6.4, 0.6, 2.0, 0.8, 'question\n-> BPE tokenizer -> ids', TEXT)
+    _box(ax, xd, 1.65, 2.2, 0.9, f'sequence (T x {l.dim}):\n{N} image tokens at the <image>\nplaceholders, text embedded')
+    _arrow(ax, (7.4, 0.6), (xd - 0.6, 1.2), TEXT); _arrow(ax, (5.05, py), (xd - 1.1, 1.85), INPUT, rad=0.2)
+    _arrow(ax, (xd, 2.1), (xd, lo))
+    for j in range(l.n_layers):
+        text = f'decoder block {j}' if named(l.n_layers, j in injected) else ''
+        _box(ax, xd, yd(j), 2.2, hd, text, BANK if j in injected else PLAIN, size=6, gid=f'dec{j}')
+    ax.text(10.15, (lo + hi) / 2, f'language model: {l.n_layers} blocks, width {l.dim}', rotation=90, ha='center', va='center', fontsize=7)
+    _box(ax, xd, hi + 0.9, 2.2, 0.7, f'norm, lm_head\n-> logits (T x {l.vocab_size})')
+    _arrow(ax, (xd, hi + 0.35), (xd, hi + 0.55))
+    for j in injected:                                            # AGF (or deepstack's add) before block j
+        y = yd(j) - 0.15 * hd
+        _box(ax, xa, y, 0.9, min(hd, 0.6), ('AGF' if agf else '+ V̂') if named(l.n_layers, True) else '', BANK, gid='inject')
+        _arrow(ax, (5.05, ay), (xa - 0.45, y), BANK, lw=0.6); _arrow(ax, (xa + 0.45, y), (xd - 1.1, y), BANK)
+    if injected:
+        ax.text(xa, hi + 0.25, f'AGF before blocks {", ".join(map(str, injected))}: h <- h + g · Σ_k α_k z_k' if agf else
+                'bank i added at the image positions before block i', ha='center', fontsize=6)
+    s = 's' if len(feed) > 1 else ''
+    keys = [_key(INPUT, f'the input path: block{s} {", ".join(map(str, feed))} -> projector -> image tokens'),
+            _key(TEXT, 'the text path: question -> token ids -> embeddings')]
+    if banks: keys.append(_key(BANK, f'banks of blocks {", ".join(map(str, banks))}, ' +
+                               ('read by AGF at the blue decoder blocks' if agf else 'added at the blue decoder blocks')))
+    keys.append(_key(PLAIN, 'runs, with nothing read from it or injected into it'))
+    if deepest < v.depth - 1: keys.append(('white', PLAIN, '--', 'not run: it comes after the deepest block read'))
+    _legend(ax, keys, loc='upper center', bbox_to_anchor=(0.5, 0.0))
+    ax.set_xlim(-0.25, 10.3); ax.set_ylim(0, hi + 1.35); ax.axis('off')
+    ax.set_title(title or f'{cfg.variant}: the data flow', fontsize=9)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/11_plots.ipynb #b6d03f8a
+def plot_agf(cfg, layer: int | None = None, title: str | None = None):
+    """Inside AGF before one decoder block of `cfg`'s model (a `VLMConfig`; `layer`: the first injection layer unless
+    named): the query from h_t, keys and values from every bank, one attention read z_k per bank, the weights α over
+    the banks, the strength g, and the residual add. Banks, heads, widths and the kind of gate come from `cfg`."""
+    kind, _, _, injected, _ = _roles(cfg)
+    if not issubclass(kind, AGFInjector):
+        have = [n for n, k in VARIANTS.items() if issubclass(k, AGFInjector)]
+        raise ValueError(f"variant {cfg.variant!r} has no AGF to draw; choose one of {have}")
+    j = injected[0] if layer is None else layer
+    if j not in injected: raise ValueError(f"AGF runs before decoder blocks {injected}, not before {j}")
+    D, H, da, N, L = cfg.llm.dim, cfg.agf_heads, cfg.attn_dim, cfg.n_image_tokens, len(cfg.bank_layers)
+    dyn = kind.gate == 'dynamic'
+    fig, ax = plt.subplots(figsize=(10, 2.6 + 0.75 * L), dpi=80)
+    yb = lambda i: 2.2 + (L - 1 - i) * 0.75                      # bank i's row, the first on top
+    top, mid, ha = yb(0), (yb(0) + yb(L - 1)) / 2, max(1.1, 0.75 * L - 0.3)
+    shared = f'shared by AGF at blocks {", ".join(map(str, injected))}' if cfg.share_kv and len(injected) > 1 else "this layer's own"
+    ax.text(2.9, top + 0.55, f'keys / values ({shared})', ha='center', fontsize=7)
+    for i, k in enumerate(cfg.bank_layers):                     # the banks: keys and values, one attention read each
+        _box(ax, 0.8, yb(i), 1.4, 0.55, f'bank V̂ of block {k}\n{N} x {D}', BANK, gid='bank')
+        _box(ax, 2.9, yb(i), 2.0, 0.55, f'K, V = norm(V̂) W_K, W_V\n{H} heads x {N} x {da // H}', BANK)
+        _box(ax, 5.3, yb(i), 2.0, 0.55, f'z_{i} = attention(q, K, V) W_O\n{"(W_O = 0 at init)  " if i == 0 else ""}T x {D}', BANK)
+        _arrow(ax, (1.5, yb(i)), (1.9, yb(i)), BANK); _arrow(ax, (3.9, yb(i)), (4.3, yb(i)), BANK)
+        _arrow(ax, (6.3, yb(i)), (7.0, mid), BANK, lw=0.7)
+    _box(ax, 0.8, 0.7, 1.4, 0.7, f'h_t, before\ndecoder block {j}\nT x {D}')   # the hidden state: query and gate
+    _box(ax, 2.0, 0.7, 0.6, 0.5, 'norm', TEXT)
+    _box(ax, 3.3, 0.7, 1.3, 0.7, f'q = norm(h_t) W_Q\n{H} heads x T x {da // H}', TEXT)
+    _arrow(ax, (1.5, 0.7), (1.7, 0.7), TEXT); _arrow(ax, (2.3, 0.7), (2.65, 0.7), TEXT)
+    for i in range(L): _arrow(ax, (3.95, 0.8), (4.5, yb(i) - 0.275), TEXT, lw=0.6)
+    ax.plot([2.0, 2.0, 4.1], [0.45, 0.25, 0.25], color=TEXT, lw=1); _arrow(ax, (4.1, 0.25), (4.3, 0.5), TEXT)
+    alpha = (f'α_k = softmax over the {L} banks\nof norm(z_k) · q_v / τ  (τ = {cfg.agf_tau:g})' if dyn else
+             f'α = softmax(w): {L} learned\nweights, the same for every token')
+    _box(ax, 8.0, mid, 2.0, ha, f'{alpha}\n\nm = Σ_k α_k z_k\n(T x {D})', GATE, gid='alpha')
+    gate = 'g = σ(norm(h_t) · q_h + b)' if dyn else 'g = σ(b): one learned\nstrength per layer'
+    _box(ax, 5.3, 0.7, 2.0, 0.7, f'{gate}\n(0 for a sample with no image)', GATE, gid='g')
+    for x, sign, c in ((8.0, '×', GATE), (9.1, '+', '0.3')):   # g times the mix, then the residual add
+        ax.add_patch(plt.Circle((x, 0.7), 0.2, fc='w', ec=c)); ax.text(x, 0.7, sign, ha='center', va='center', fontsize=14)
+    _arrow(ax, (6.3, 0.7), (7.8, 0.7), GATE); _arrow(ax, (8.0, mid - ha / 2), (8.0, 0.9), GATE); _arrow(ax, (8.2, 0.7), (8.9, 0.7), GATE)
+    ax.plot([0.8, 0.8, 9.1], [0.35, 0.1, 0.1], color='0.3', lw=1.2); _arrow(ax, (9.1, 0.1), (9.1, 0.5), '0.3', lw=1.2)
+    ax.text(4.5, 0.12, 'the residual stream', fontsize=6, color='0.3', va='bottom')
+    ax.text(9.1, 1.15, f'h_t + g · m\n-> decoder block {j}', ha='center', fontsize=7)
+    _legend(ax, [_key(BANK, 'from the vision banks (AMP)'), _key(TEXT, 'from the hidden state h_t'),
+                 _key(GATE, 'the gates: α (which bank) and g (how much)'), ('w', '0.3', '-', 'the residual stream')],
+            loc='upper center', bbox_to_anchor=(0.5, 0.0))
+    ax.set_xlim(0, 10); ax.set_ylim(-0.05, top + 0.8); ax.axis('off')
+    ax.set_title(title or f'AGF before decoder block {j} ({cfg.variant}: {"dynamic" if dyn else "static"} gates, '
+                 f'{L} banks, {H} heads of width {da // H})', fontsize=9)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/11_plots.ipynb #af10a66a
-def plot_architecture(cfg, ax=None, title: str | None = None):
+_WIRING = [('C1', '0.4', '-', 'its tokens become the input image tokens'),
+           ('C0', '0.4', '-', 'read besides (dense: the input; deepstack, AGF: banks)'),
+           (LIGHT[BANK], '0.4', '-', 'a decoder block injected before'),
+           ('0.92', '0.4', '-', 'neither read nor injected before'),
+           ('0.8', '0.4', '-', 'input: the embedded sequence')]
+
+def plot_architecture(cfg, ax=None, title: str | None = None, legend: bool = True):
     """Which vision blocks feed the language model, and where, drawn from `cfg` (a `VLMConfig`): tower blocks (left),
-    decoder blocks (right), the input connector (orange) and the variant's other vision blocks (blue)."""
+    decoder blocks (right), the input connector (orange), the variant's other vision blocks (blue) and the decoder
+    blocks they reach (light blue); `legend` says so under the drawing."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(3.2, 4), dpi=80)
-    V, D, kind = cfg.vit.depth, cfg.llm.n_layers, VARIANTS[cfg.variant]
+    V, D = cfg.vit.depth, cfg.llm.n_layers
+    kind, feed, banks, injected, _ = _roles(cfg)
     dense, deep, agf = issubclass(kind, DenseInput), issubclass(kind, DeepStack), issubclass(kind, AGFInjector)
-    banks = sorted(set(cfg.bank_layers)) if (dense or deep or agf) else []
-    feed = [] if dense else [cfg.feature_index]
+    feed, banks = ([] if dense else feed), (feed if dense else banks)  # dense: every block it reads drawn blue
     yv = lambda k: (k + 0.5) / V                                   # tower block k, bottom to top
     yd = lambda j: (j + 1.5) / (D + 1)                             # decoder block j; the input sits below block 0
     def box(x, y, h, text, color):
@@ -34,20 +192,20 @@ def plot_architecture(cfg, ax=None, title: str | None = None):
     for k in range(V):
         box(0, yv(k), 0.8 / V, label(k, V, k in banks + feed), 'C1' if k in feed else 'C0' if k in banks else '0.92')
     box(3, yd(-1), 0.8 / (D + 1), 'input', '0.8')
-    injected = cfg.injection_layers if agf else range(1, len(banks) + 1) if deep else ()
-    for j in range(D): box(3, yd(j), 0.8 / (D + 1), label(j, D, j in injected), '0.75' if j in injected else '0.92')
+    for j in range(D): box(3, yd(j), 0.8 / (D + 1), label(j, D, j in injected), LIGHT[BANK] if j in injected else '0.92')
     arrow = lambda y0, y1, c, x0=0.4, x1=2.6, rad=0.0: ax.annotate('', (x1, y1), (x0, y0), arrowprops=dict(
         arrowstyle='->', color=c, lw=0.8, shrinkA=0, shrinkB=0, connectionstyle=f'arc3,rad={rad}'))
     for k in feed + (banks if dense else []): arrow(yv(k), yd(-1), 'C1' if k in feed else 'C0')
     if deep:
-        for j, k in enumerate(banks, 1): arrow(yv(k), yd(j), 'C0')
+        for j, k in zip(injected, banks): arrow(yv(k), yd(j), 'C0')
     if agf:
         box(1.5, 0.5, 0.12, 'AMP', 'C0')
         for k in cfg.bank_layers: arrow(yv(k), 0.5, 'C0', x1=1.1)
-        for j in cfg.injection_layers: arrow(0.5, yd(j), 'C0', x0=1.9, rad=-0.1)
+        for j in injected: arrow(0.5, yd(j), 'C0', x0=1.9, rad=-0.1)
     ax.text(0, 1.03, f'tower ({V})', ha='center', fontsize=7); ax.text(3, 1.03, f'decoder ({D})', ha='center', fontsize=7)
     ax.set_xlim(-0.6, 3.6); ax.set_ylim(-0.02, 1.08); ax.axis('off')
     ax.set_title(title or cfg.variant, fontsize=9)
+    if legend: _legend(ax, _WIRING, ncol=1, loc='upper center', bbox_to_anchor=(0.5, 0.0))
     return fig
 
 # %% ../nbs/11_plots.ipynb #10b03e21

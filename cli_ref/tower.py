@@ -27,10 +27,10 @@ from .vit import ViTConfig, VisionTransformer
 # %% auto #0
 __all__ = ['CORPUS_KINDS', 'REGION_HEADS', 'IMAGE_HEADS', 'PROBE_TARGETS', 'corpus_image', 'corpus_batch', 'TowerPretrainer',
            'quadrant_means', 'pretrain_losses', 'TowerConfig', 'pretrain_tower', 'block_quadrants', 'probe_blocks',
-           'probe_table']
+           'probe_table', 'compare_spreads']
 
 # %% ../nbs/19_tower.ipynb #23c1bebd
-CORPUS_KINDS = {'glyphs': 0.6, 'shapes': 0.2, 'bars': 0.2}   # scene kind -> share of the corpus
+CORPUS_KINDS = {'glyphs': 0.7, 'shapes': 0.15, 'bars': 0.15}   # scene kind -> share of the corpus
 REGION_HEADS = {'content': 4 + len(GLYPHS), 'color': len(COLORS), 'texture': len(TEXTURES)}   # label -> classes
 IMAGE_HEADS = {'count': 5, 'glyphs': 5, 'largest_shape': len(SHAPES), 'largest_color': len(COLORS),
                'leftmost_color': len(COLORS), 'longest_color': len(COLORS), 'top_color': len(COLORS)}
@@ -94,7 +94,7 @@ def pretrain_losses(logits: dict[str, torch.Tensor], labels: dict[str, torch.Ten
 @dataclass
 class TowerConfig(ConfigMixin):
     vit: ViTConfig = field(default_factory=lambda: ViTConfig.preset('tiny'))
-    steps: int = 3000              # x batch_size images, each new: 192,000 by default
+    steps: int = 4000              # x batch_size images, each new: 256,000 by default
     batch_size: int = 64
     lr: float = 1e-3
     warmup: float = 0.05
@@ -191,4 +191,21 @@ def probe_table(probes: dict[str, dict[str, list[float]]]) -> str:
     depth = len(next(iter(next(iter(probes.values())).values())))
     lines = ['| tower | reads | ' + ' | '.join(f'block {b}' for b in range(depth)) + ' |', '|---|---|' + '---|' * depth]
     lines += [f'| {tower} | {name} | ' + ' | '.join(f'{100 * a:.1f}' for a in accs) + ' |' for tower, p in probes.items() for name, accs in p.items()]
+    return '\n'.join(lines)
+
+# %% ../nbs/19_tower.ipynb #c810fdf9
+def compare_spreads(before: list[dict], after: list[dict], names: tuple = ('random', 'pretrained')) -> str:
+    "Markdown: per set and family, test accuracy (%) over seeds (mean, worst-best, seeds off the no-image plateau) of two recipes."
+    lines = [f'| set | family | {names[0]}: mean (worst-best) | seeds learning | {names[1]}: mean (worst-best) | seeds learning | change |',
+             '|---|---|---|---|---|---|---|']
+    for kind in dict.fromkeys(r['kind'] for r in after):
+        b, a = ([r for r in rs if r['kind'] == kind] for rs in (before, after))
+        for fam in ['all'] + sorted(a[0]['families']):
+            def cell(rs):
+                if not rs: return ['-', '-'], None
+                acc = [100 * (r['accuracy'] if fam == 'all' else r['families'][fam]) for r in rs]
+                learn = '' if fam == 'all' or fam not in rs[0]['plateau_exit'] else f"{sum(r['plateau_exit'][fam] is not None for r in rs)}/{len(rs)}"
+                return [f'{np.mean(acc):.1f} ({min(acc):.1f}-{max(acc):.1f}), n={len(rs)}', learn], np.mean(acc)
+            (cb, mb), (ca, ma) = cell(b), cell(a)
+            lines.append(f'| {kind} | {fam} | ' + ' | '.join(cb + ca) + f" | {'-' if mb is None else f'{ma - mb:+.1f}'} |")
     return '\n'.join(lines)

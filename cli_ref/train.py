@@ -488,8 +488,9 @@ def plateau_lines(run_dir: str | Path, since: int = 0, below: float = 0.1) -> li
     priors, recs = json.loads(priors_file.read_text()), [r for r in log if r['step'] > since] or log[-1:]
     seen = {f: float(np.mean([r['family_loss'][f] for r in recs if f in r['family_loss']]))
             for f in priors if any(f in r['family_loss'] for r in recs)}
-    return [f"family {f} has not left its plateau: its answers do not use the image yet (answer loss {l:.3f}; from the "
-            f"question alone {priors[f]:.3f})" for f, l in seen.items() if priors[f] > 0 and l >= (1 - below) * priors[f]]
+    return [f"family {f} has not left its plateau: " + (f"its answers do not use the image yet (answer loss {l:.3f}; from the question "
+            f"alone {priors[f]:.3f})" if l <= 1.5 * priors[f] else f"its answer loss {l:.3f} is not yet down to answering from the "
+            f"question alone ({priors[f]:.3f})") for f, l in seen.items() if priors[f] > 0 and l >= (1 - below) * priors[f]]
 
 def plateau_exits(run_dir: str | Path, below: float = 0.1) -> dict[str, int | None]:
     """Per family: the first logged step from which its answer loss stays `below` under its no-image level (None: never).

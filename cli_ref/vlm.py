@@ -80,14 +80,6 @@ class VLMConfig(ConfigMixin):
         if isinstance(self.anyres, dict): self.anyres = AnyResConfig(**self.anyres)
         self.check()
 
-    @classmethod
-    def from_dict(cls, d: dict):
-        "`ConfigMixin.from_dict`, reading too the configs written before AnyRes had its own (flat `anyres`, `anyres_max`, `bank_pool`)."
-        if 'anyres_max' in d or 'bank_pool' in d or isinstance(d.get('anyres'), (list, tuple)):
-            d = {k: v for k, v in d.items() if k not in ('anyres_max', 'bank_pool')} | {'anyres': dict(
-                grids=d['anyres'], max_crops=d.get('anyres_max', 9), bank_pool=d.get('bank_pool', 2)) if d.get('anyres') else None}
-        return super().from_dict(d)
-
 # %% ../nbs/09_vlm.ipynb #697cb5ac
 @patch
 def check(self: VLMConfig) -> None:

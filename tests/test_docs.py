@@ -7,7 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / 'nbs').glob('[0-9][0-9]_*.ipynb'))
-DOCS = [ROOT / 'README.md', ROOT / 'RESULTS.md', ROOT / 'data' / 'README.md']
+DOCS = [ROOT / 'README.md', ROOT / 'RESULTS.md', ROOT / 'data' / 'README.md', ROOT / 'CONTRIBUTING.md']
 REF = re.compile(r"`([A-Za-z_][\w.]*)(?:\(\))?`[^`\n]{0,12}?\((?:from |in |see )?`?(\d\d_[a-z_]+)`?\)")
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
@@ -42,3 +42,69 @@ def test_every_relative_link_exists(path):
 def test_the_checker_catches_a_wrong_reference():
     assert REF.findall("uses `attention` (from `02_vit`) and `set_attention` (01_layers)") == [('attention', '02_vit'), ('set_attention', '01_layers')]
     assert not _defines('02_vit', 'attention') and _defines('01_layers', 'attention')
+
+
+def test_every_command_is_in_readme_and_the_commands_notebook():
+    from cli_ref.commands import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == 'command')
+    for doc in (ROOT / 'README.md', ROOT / 'nbs' / '14_commands.ipynb'):
+        text = _markdown(doc)
+        missing = [c for c in sub.choices if f'cli_ref {c}' not in text]
+        assert not missing, f'{doc.name} does not show these commands: {missing}'
+
+
+def test_every_results_path_data_readme_names_exists():
+    text = (ROOT / 'data' / 'README.md').read_text(encoding='utf-8')
+    named = re.findall(r"`(results/[^`*\s]+)`", text)
+    assert len(named) >= 5 and not [p for p in named if not (ROOT / 'data' / p).exists()], named
+
+
+README = ROOT / 'README.md'
+
+
+def reading_minutes(nb: Path) -> float:
+    "Minutes to read a notebook by README's rule: its markdown words at 200 a minute, its non-blank code lines at 15."
+    cells = json.loads(nb.read_text(encoding='utf-8'))['cells']
+    words = sum(len(''.join(c['source']).split()) for c in cells if c['cell_type'] == 'markdown')
+    lines = sum(1 for c in cells if c['cell_type'] == 'code' for l in ''.join(c['source']).splitlines() if l.strip())
+    return words / 200 + lines / 15
+
+
+def _stated_minutes() -> dict[str, int]:
+    "README's start-here table: {notebook: the minutes it states}, from rows '| [NN_name](nbs/NN_name.ipynb) | m |'."
+    rows = re.findall(r"^\| \[([\w]+)\]\(nbs/\1\.ipynb\) \| (\d+) \|", README.read_text(encoding='utf-8'), re.M)
+    return {nb: int(m) for nb, m in rows}
+
+
+def test_readme_is_at_most_1500_words():
+    n = len(README.read_text(encoding='utf-8').split())
+    assert n <= 1500, f'README.md has {n} words (whitespace-separated); the door holds at most 1,500: move detail to CONTRIBUTING.md or RESULTS.md'
+
+
+def test_readme_links_every_numbered_notebook():
+    links = set(LINK.findall(_markdown(README, code=False)))
+    missing = [nb.name for nb in NOTEBOOKS if f'nbs/{nb.name}' not in links]
+    assert not missing, f'README.md does not link these notebooks: {missing}'
+
+
+def test_readme_names_a_total_reading_time_and_its_rule():
+    text = README.read_text(encoding='utf-8')
+    assert '200 words a minute' in text and '15 lines a minute' in text, 'README.md should state its reading-time rule'
+    total = re.search(r"[Tt]otal reading time: ([\d,]+) minutes", text)
+    assert total, "README.md should name a total reading time ('Total reading time: N minutes')"
+    stated = _stated_minutes()
+    assert int(total[1].replace(',', '')) == sum(stated.values()), (total[1], sum(stated.values()))
+
+
+def test_contributing_exists_and_readme_links_it():
+    assert (ROOT / 'CONTRIBUTING.md').exists()
+    assert 'CONTRIBUTING.md' in LINK.findall(_markdown(README, code=False))
+
+
+def test_readme_reading_times_follow_its_rule():
+    stated = _stated_minutes()
+    assert set(f'{nb.stem}' for nb in NOTEBOOKS) <= set(stated), 'every numbered notebook needs a row with its minutes'
+    want = {nb: reading_minutes(ROOT / 'nbs' / f'{nb}.ipynb') for nb in stated}
+    off = {nb: (stated[nb], round(want[nb], 1)) for nb in stated if abs(stated[nb] - want[nb]) > 0.2 * want[nb]}
+    table = ', '.join(f'{nb} {round(m)}' for nb, m in want.items())
+    assert not off, f'README states (minutes, by the rule): {off}; by the rule today: {table}'

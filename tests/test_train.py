@@ -114,7 +114,7 @@ def test_bad_images_skip_lists_them_and_trains(tmp_path):
     args = _llava_set(tmp_path / 'few', n=100, n_broken=3)              # 3 of 91 training records
     r = run(args + ['--bad-images', 'skip', '--output', str(tmp_path / 'run2')])
     assert r.returncode == 0, r.stderr
-    assert 'the tower keeps its random initialisation, frozen' in r.stdout and 'vision (lr' not in r.stdout  # no labels: measured best
+    assert 'pretrained on 256,000 generated images (19_tower); frozen' in r.stdout and 'vision (lr' not in r.stdout  # frozen: measured best
     assert 'the most common training answer of each family scores' in r.stdout and (tmp_path / 'run2' / 'report.png').exists()
     assert [b['id'] for b in json.loads((tmp_path / 'run2' / 'skipped_images.json').read_text())] == ['b0', 'b1', 'b2']
 
