@@ -125,8 +125,7 @@ def read_tower(path: str | Path, vit_cfg: ViTConfig) -> tuple[dict[str, torch.Te
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"no tower file at {path}")
     try:
-        with safe_open(path, 'pt') as f: meta = f.metadata() or {}
-        sd = load_file(path)
+        with safe_open(path, 'pt') as f: meta, sd = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
         saved, made_by = json.loads(meta['vit_config']), json.loads(meta.get('made_by', '{}'))
     except Exception as e: raise ValueError(f"{path} is not a tower file (safetensors with its ViT config): {type(e).__name__}: {e}") from None
     diff = vit_cfg.changes_from(saved, path.name, skip=('pos_init',))

@@ -71,7 +71,7 @@ def train_cmd(args) -> None:
         print(f"tower: {path}, {seen}; " + ('then trained at --vision-lr' if o['vision_lr'] else 'frozen') + " (--tower random: a random one)")
     elif args.data and not o['vit_steps'] and not o['vision_lr']:
         print(f"tower: random and frozen ({args.data} has no image-level labels for stage 0; --tower pretrained starts from one "
-              f"that has seen 256,000 generated images)")
+              f"that has seen {TowerConfig.steps * TowerConfig.batch_size:,} generated images)")
     cfg = TrainConfig(model=model, instruct_steps=o['steps'],
                       vit_steps=o['vit_steps'], vision_lr=o['vision_lr'], align_steps=args.align_steps, batch_size=o['batch_size'], turns=args.turns,
                       balance=args.balance, restate=args.restate, lr=o['lr'], new_lr=o['new_lr'], vit_lr=o['vit_lr'], warmup=o['warmup'],
@@ -204,8 +204,8 @@ def spread_cmd(args) -> None:
 
 def pretrain_tower_cmd(args) -> None:
     "`cli_ref pretrain-tower`: `pretrain_tower` (19_tower), then its probes per block beside a random tower's."
-    cfg = TowerConfig.preset(args.vit, seed=args.seed, **({'steps': args.steps} if args.steps else {}))
-    if args.quick: cfg = TowerConfig.preset(args.vit, seed=args.seed, steps=args.steps or 6, batch_size=8, log_every=2, ckpt_every=3)
+    size = dict(steps=args.steps or 6, batch_size=8, log_every=2, ckpt_every=3) if args.quick else {'steps': args.steps or TowerConfig.steps}
+    cfg = TowerConfig.preset(args.vit, seed=args.seed, **size)
     out, t0 = Path(args.output), time.perf_counter()
     vit = pretrain_tower(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet).cpu()
     wall = time.perf_counter() - t0
@@ -310,7 +310,7 @@ def _train_parser(sub, common) -> None:
                    help="the tower's position table at init (02_vit): 'sincos' lets a random tower (--data) tell places apart, "
                         "at a cost to counting and texture (20_spreads)")
     t.add_argument('--tower', metavar='pretrained|random|FILE', help="where the tower starts: 'pretrained' (the one that ships, "
-                   "pretrained on 256,000 generated images: 19_tower; the default with --data), 'random' (the default for the named "
+                   f"pretrained on {TowerConfig.steps * TowerConfig.batch_size:,} generated images: 19_tower; the default with --data), 'random' (the default for the named "
                    "sets, whose stage 0 trains it), or a file from `cli_ref pretrain-tower`")
     t.add_argument('--steps', type=int, help=f"instruct-stage steps (default {TrainConfig.instruct_steps}; with --data: "
                    f"{_OWN['instruct_steps']}; with --base: one epoch)")

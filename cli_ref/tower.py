@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import (append_log, latest_checkpoint, load_model_weights, load_optimizer, read_log, read_tower,
-                                 save_checkpoint, save_tower, truncate_log)
+from .checkpoints import (append_log, latest_checkpoint, load_model_weights, load_optimizer, save_checkpoint, save_tower,
+                                 truncate_log)
 from .core import ConfigMixin, autocast, default_device, set_seed, write_json
 from .data import (COLORS, GLYPHS, SHAPES, TEXTURES, bar_chart, draw_scene, glyph_scene, glyph_scene_labels, sample_scene,
                           scene_labels)
 from .experiment import pixels, probe_accuracy
-from .train import Interrupted, StopRequests, lr_factor
+from .train import Interrupted, StopRequests, check_run_dir, lr_factor
 from .vit import ViTConfig, VisionTransformer
 
 # %% auto #0
@@ -116,11 +116,7 @@ def pretrain_tower(cfg: TowerConfig, out_dir: str | Path, resume: bool = False, 
                    progress: bool = True) -> VisionTransformer:
     "Pretrain (or resume) a tower on the corpus; checkpoints, `log.jsonl` and at the end `tower.safetensors` in `out_dir`."
     out_dir, dev = Path(out_dir), default_device(device)
-    ckpt = latest_checkpoint(out_dir)
-    if ckpt and not resume: raise ValueError(f"{out_dir} already holds a tower run (step {ckpt.name.split('-')[-1]}): resume it or choose another folder")
-    if ckpt:
-        diff = cfg.changes_from(json.loads((out_dir / 'config.json').read_text()), f'{out_dir}/config.json')
-        if diff: raise ValueError(f"cannot resume {out_dir} with another config ({diff})")
+    ckpt = check_run_dir(out_dir, cfg, resume)    # another run's folder, or a changed config, is refused (12_train)
     set_seed(cfg.seed)
     model = TowerPretrainer(cfg.vit).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -149,7 +145,7 @@ def pretrain_tower(cfg: TowerConfig, out_dir: str | Path, resume: bool = False, 
                 append_log(out_dir, dict(step=step, loss=loss.item(), losses={k: round(v.item(), 4) for k, v in losses.items()},
                                          lr=opt.param_groups[0]['lr'], time=round(time.perf_counter() - t0, 1)))
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stops.signal:
-                save_checkpoint(out_dir, step, model, opt, dict(step=step), cfg.keep_last)
+                save_checkpoint(out_dir, step, model, opt, dict(step=step, config=cfg.to_dict()), cfg.keep_last)
             if stops.signal:
                 bar.close()
                 raise Interrupted(f"stopped by {stops.signal} at step {step} of {cfg.steps}; checkpoint "

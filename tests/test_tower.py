@@ -40,7 +40,7 @@ def test_sigterm_then_resume_gives_the_same_tower(tmp_path):
     stopped = latest_checkpoint(cut).name
     assert stopped < 'ckpt-000040' and not (cut / 'tower.safetensors').exists()
     r = subprocess.run(PRETRAIN + args + ['--output', str(cut)], env=ENV, capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith('resume it or choose another folder')
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith('pass --resume to continue that run, or choose another --output')
     assert subprocess.run(PRETRAIN + args + ['--output', str(cut), '--resume'], env=ENV).returncode == 0
     a, b = (load_file(tmp_path / d / 'tower.safetensors') for d in ('full', 'cut'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stopped
