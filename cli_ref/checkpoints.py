@@ -17,8 +17,8 @@ from .vit import ViTConfig
 
 # %% auto #0
 __all__ = ['TOWER_DIR', 'PRETRAINED_TOWERS', 'unique_tensors', 'write_checkpoint', 'save_checkpoint', 'latest_checkpoint',
-           'upgrade_name', 'upgrade_state', 'load_model_weights', 'load_optimizer', 'save_tower', 'tower_path',
-           'read_tower', 'append_log', 'read_log', 'truncate_log']
+           'load_model_weights', 'load_optimizer', 'save_tower', 'tower_path', 'read_tower', 'append_log', 'read_log',
+           'truncate_log']
 
 # %% ../nbs/10_checkpoints.ipynb #afc54393
 def unique_tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -63,19 +63,6 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     ckpts = sorted(p for p in Path(out_dir).glob('ckpt-*') if (p / 'state.json').exists())
     return ckpts[-1] if ckpts else None
 
-# %% ../nbs/10_checkpoints.ipynb #9fe67fbc
-def upgrade_name(name: str) -> str:
-    "A parameter's name in today's layout (`bank_kv.*`, `agf.{j}.kv.*` and `agf.{j}.*` moved under `injector.`)."
-    if name.startswith('bank_kv.'): return 'injector.kv.' + name.removeprefix('bank_kv.')
-    if not name.startswith('agf.'): return name
-    j, rest = name.removeprefix('agf.').split('.', 1)
-    return f'injector.kv.{j}.{rest.removeprefix("kv.")}' if rest.startswith('kv.') else f'injector.{name}'
-
-def upgrade_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    "A state dict written by an earlier layout (scalar AGF gate bias; `bank_kv.*`, `agf.*`), in today's names and shapes."
-    return {upgrade_name(k): v.reshape(1) if k.startswith('agf.') and k.endswith('.b') and v.dim() == 0 else v
-            for k, v in sd.items()}
-
 # %% ../nbs/10_checkpoints.ipynb #a640113d
 def load_model_weights(model: nn.Module, ckpt: Path) -> nn.Module:
     "Weights from `ckpt/model.safetensors`; tied weights restored by their alias; errors name any bad tensor."
@@ -86,7 +73,7 @@ def load_model_weights(model: nn.Module, ckpt: Path) -> nn.Module:
     own = model.state_dict()
     kept = unique_tensors(own)
     aliases = [k for k in own if k not in kept]
-    return load_state_checked(model, upgrade_state(sd), str(path), ignore_missing=aliases)
+    return load_state_checked(model, sd, str(path), ignore_missing=aliases)
 
 def load_optimizer(opt: torch.optim.Optimizer, ckpt: Path, state: dict) -> None:
     "Restore optimizer moments, hyperparameters and the torch RNG from a checkpoint."

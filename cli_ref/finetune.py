@@ -21,7 +21,7 @@ from .data import VQADataset, VQARecord, collate, save_llava_json
 from .llava import (anyres_transform, attach_cli, checkpoint_folder, clip_transform, load_adapter, load_llava,
                            n_anyres_tokens)
 from .tokenizer import TEMPLATES, Tokenizer, train_bpe
-from .checkpoints import latest_checkpoint, read_log, truncate_log, upgrade_name, upgrade_state, write_checkpoint
+from .checkpoints import latest_checkpoint, read_log, truncate_log, write_checkpoint
 from .plots import loss_figure, save_figure
 from .train import (Progress, TrainingError, batch_indices, llava_split, lr_factor, optimizer_step, rank_and_world,
                            readable_records, set_trainable, start_run)
@@ -242,8 +242,8 @@ def load_trained(ckpt: Path, model: VLM, opt: torch.optim.Optimizer) -> dict:
     moments = {}
     for k, v in t.items():
         name, key = k[len('opt.'):].rsplit('.', 1)
-        moments.setdefault(upgrade_name(name), {})[key] = v
-    set_state_dict(model, opt, model_state_dict=upgrade_state(load_file(ckpt / 'adapter.safetensors')),
+        moments.setdefault(name, {})[key] = v
+    set_state_dict(model, opt, model_state_dict=load_file(ckpt / 'adapter.safetensors'),
                    optim_state_dict={'state': moments, 'param_groups': state['opt_groups']}, options=_state_options(strict=False))
     return state
 

@@ -18,7 +18,6 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
 from transformers.image_utils import ChannelDimension
 
-from .checkpoints import upgrade_state
 from .llm import llm_config_from_hf
 from .vit import ViTConfig, convert_hf_vision_state, vit_config_from_hf
 from .vlm import AnyResConfig, VLM, VLMConfig, param_groups, pool_tokens
@@ -258,7 +257,7 @@ def load_adapter(base: VLM, folder: str | Path) -> VLM:
             'agf_dim', 'agf_heads', 'agf_tau', 'share_kv')
     pool = {'anyres': dataclasses.replace(base.cfg.anyres, bank_pool=cfg.anyres.bank_pool)} if cfg.anyres and base.cfg.anyres else {}
     model = attach_cli(base, **{k: getattr(cfg, k) for k in keep}, **pool)
-    sd = upgrade_state(load_file(folder / 'adapter.safetensors'))
+    sd = load_file(folder / 'adapter.safetensors')
     params = dict(model.named_parameters())
     bad = sorted(set(cli_parameters(model)) - set(sd)) + sorted(set(sd) - set(params))
     bad += [k for k in sd if k in params and sd[k].shape != params[k].shape]
